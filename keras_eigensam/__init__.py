@@ -1,0 +1,27 @@
+"""keras-eigensam: SAM, ASAM, Eigen-SAM and X-SAM for Keras 3 on TensorFlow."""
+
+try:
+    import tensorflow as _tf  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "keras_eigensam needs TensorFlow 2.21. Install it with the `cpu` or "
+        "`gpu` extra: `pip install 'keras-eigensam[cpu]'`."
+    ) from e
+
+from keras_eigensam import linalg
+from keras_eigensam.methods import ASAM
+from keras_eigensam.methods import SAM
+from keras_eigensam.methods import SharpnessMethod
+from keras_eigensam.methods import StepContext
+from keras_eigensam.model import SharpnessAwareModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ASAM",
+    "SAM",
+    "SharpnessAwareModel",
+    "SharpnessMethod",
+    "StepContext",
+    "linalg",
+]

@@ -1,0 +1,66 @@
+"""Vector algebra over lists of tensors (one entry per trainable variable).
+
+Every SAM-family rule is written over the flattened vector of all trainable
+weights. These helpers treat a list of tensors as that vector without ever
+concatenating it, so each rule stays a few lines of `keras.ops` and works for
+any model. All functions are pure: they read tensors and return new ones, so
+they can be used inside `tf.function`, under `jit_compile=True` and inside a
+replica context.
+"""
+
+from keras import ops
+
+#: Added to norms before dividing, as in the SAM reference code.
+EPSILON = 1e-12
+
+
+def inner(xs, ys):
+    """Global inner product `<x, y>` summed over all tensors in the lists."""
+    return ops.sum(
+        ops.stack([ops.sum(ops.multiply(x, y)) for x, y in zip(xs, ys)])
+    )
+
+
+def global_norm(xs):
+    """Global L2 norm `‖x‖` over all tensors in the list."""
+    return ops.sqrt(inner(xs, xs))
+
+
+def scale(xs, alpha):
+    """`alpha · x`, with `alpha` a scalar (Python number or tensor)."""
+    return [ops.multiply(x, ops.cast(alpha, x.dtype)) for x in xs]
+
+
+def add(xs, ys):
+    """`x + y`."""
+    return [ops.add(x, y) for x, y in zip(xs, ys)]
+
+
+def add_scaled(xs, ys, alpha):
+    """`x + alpha · y` (an axpy)."""
+    return [ops.add(x, ops.multiply(ops.cast(alpha, y.dtype), y)) for x, y in zip(xs, ys)]
+
+
+def multiply(xs, ys):
+    """Elementwise `x ⊙ y`."""
+    return [ops.multiply(x, y) for x, y in zip(xs, ys)]
+
+
+def normalize(xs, epsilon=EPSILON):
+    """`x / (‖x‖ + epsilon)`; returns `(x̂, ‖x‖)`."""
+    norm = global_norm(xs)
+    return scale(xs, 1.0 / (norm + epsilon)), norm
+
+
+def cosine(xs, ys, epsilon=EPSILON):
+    """Cosine of the angle between `x` and `y`: `<x, y> / (‖x‖‖y‖ + epsilon)`."""
+    return inner(xs, ys) / (global_norm(xs) * global_norm(ys) + epsilon)
+
+
+def all_finite(xs):
+    """Scalar boolean tensor: every entry of every tensor is finite."""
+    return ops.all(ops.stack([ops.all(ops.isfinite(x)) for x in xs]))
+
+
+def zeros_like(xs):
+    return [ops.zeros_like(x) for x in xs]

@@ -1,0 +1,306 @@
+"""`SharpnessAwareModel`: a `keras.Model` whose `train_step` is a SAM-family update."""
+
+import keras
+import tensorflow as tf
+
+from keras_eigensam import distribute
+from keras_eigensam import linalg
+from keras_eigensam import validation
+from keras_eigensam.methods.base import SharpnessMethod
+from keras_eigensam.methods.base import StepContext
+from keras_eigensam.methods.sam import SAM
+
+PERTURBATION_SCOPES = ("replica", "global")
+
+
+@keras.saving.register_keras_serializable(package="keras_eigensam")
+class SharpnessAwareModel(keras.Model):
+    """A Keras model trained with a sharpness-aware method inside `fit`.
+
+    Each training step takes two forward-backward passes over the same batch:
+
+    ```
+    g   = ∇L_B(w)                       # First pass (updates BN statistics)
+    e   = method.perturbation(g, w, …)  # Perturb (SAM: ρ·g/‖g‖)
+    g_e = ∇L_B(w + e)                   # Second pass: no variable is written,
+                                        #   dropout reuses the first pass's masks
+    w   ← optimizer(w, method.descent_gradient(g_e))   # Apply
+    ```
+
+    The second pass runs on perturbed *values* in a `keras.StatelessScope`, so
+    the weights themselves are never moved away and back: a non-finite
+    perturbation cannot corrupt them, BatchNormalization moving statistics
+    are updated once per step (by the first pass), and dropout and other
+    random layers replay the first pass's random state. A step whose descent
+    gradient is not finite on any replica is skipped (no weight, slot or
+    iteration changes); with a `LossScaleOptimizer` the loss scale is lowered
+    as usual.
+
+    Use it in either of two ways:
+
+    1. Wrap an existing model (Sequential, functional or subclassed):
+       `SharpnessAwareModel(net, method=SAM(rho=0.05))`.
+    2. Subclass it and define `call` (and the layers in `__init__`) as for
+       any subclassed `keras.Model`, passing `method=` to
+       `super().__init__`.
+
+    Args:
+        model: The Keras model to train. `None` when subclassing. Defaults to
+            `None`.
+        method: A `SharpnessMethod` (`SAM`, `ASAM`, `EigenSAM`, `XSAM`, …).
+            Defaults to `SAM(rho=0.05)`.
+        perturbation_scope: `"replica"` perturbs each replica with its own
+            gradient (the SAM paper's m-sharpness, and tf_keras's behaviour);
+            `"global"` all-reduces the first-pass gradient first, so the step
+            does not depend on the number of replicas (one more all-reduce
+            per step). Defaults to `"replica"`.
+        **kwargs: Passed to `keras.Model` (e.g. `name`).
+
+    Raises:
+        TypeError: if `model` is not a Keras model or `method` is not a
+            `SharpnessMethod`.
+        ValueError: if `perturbation_scope` is unknown or the model has no
+            trainable weights.
+
+    Example:
+
+    ```python
+    net = keras.Sequential([keras.Input((64,)),
+                            keras.layers.Dense(32, activation="relu"),
+                            keras.layers.Dense(10, activation="softmax")])
+    model = SharpnessAwareModel(net, method=SAM(rho=0.05))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=3)
+    ```
+
+    Reference:
+        - [Foret et al., 2021](https://arxiv.org/abs/2010.01412)
+    """
+
+    def __init__(
+        self, model=None, method=None, perturbation_scope="replica", **kwargs
+    ):
+        super().__init__(**kwargs)
+        if model is not None and not isinstance(model, keras.Model):
+            raise TypeError(
+                "`model` must be a `keras.Model` (or None when subclassing "
+                f"SharpnessAwareModel). Received: model={model!r} "
+                f"(of type {type(model).__name__})"
+            )
+        if method is None:
+            method = SAM()
+        if not isinstance(method, SharpnessMethod):
+            raise TypeError(
+                "`method` must be a keras_eigensam method object such as "
+                "`keras_eigensam.SAM(rho=0.05)`. Received: "
+                f"method={method!r} (of type {type(method).__name__})"
+            )
+        self.perturbation_scope = validation.check_choice(
+            "perturbation_scope", perturbation_scope, PERTURBATION_SCOPES
+        )
+        self.model = model
+        self.method = method
+        self.method_metrics = [
+            keras.metrics.Mean(name=name) for name in method.metric_names
+        ]
+        if model is not None and model.built:
+            self._build_method_state()
+            self.built = True
+
+    # ------------------------------------------------------------------ build
+
+    def call(self, inputs, training=None):
+        if self.model is None:
+            raise NotImplementedError(
+                "SharpnessAwareModel was created without `model`: subclass it "
+                "and define `call`, or pass the model to wrap as `model=`."
+            )
+        return self.model(inputs, training=training)
+
+    def _weights_exist(self):
+        if self.model is not None:
+            return self.model.built
+        return self.built
+
+    def _build_method_state(self):
+        """Creates the method's (and optimizer's) state once weights exist."""
+        if self.method.state_built:
+            return
+        variables = self.trainable_variables
+        if not variables:
+            name = self.model.name if self.model is not None else self.name
+            raise ValueError(
+                "`model` has no trainable weights, so there is nothing for a "
+                f"sharpness-aware method to train. Received: model={name!r} "
+                f"with {len(self.weights)} weights, none trainable."
+            )
+        self.method.build_state([tuple(v.shape) for v in variables])
+
+    def _post_build(self):
+        # Keras calls this once the model's own weights exist (after `build`
+        # and after the symbolic build `fit` does under a strategy), which is
+        # when the method's state can be shaped after them.
+        super()._post_build()
+        if getattr(self, "method", None) is not None and self._weights_exist():
+            self._build_method_state()
+
+    def build_from_config(self, config):
+        super().build_from_config(config)
+        if self._weights_exist():
+            self._build_method_state()
+
+    # ------------------------------------------------------------- train step
+
+    def _forward(self, x, training):
+        if self._call_has_training_arg:
+            return self(x, training=training)
+        return self(x)
+
+    def _loss(self, x, y, y_pred, sample_weight):
+        return self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+
+    def _state_variables(self):
+        """Non-trainable variables the forward pass may read or write."""
+        own = {id(v) for v in self.method.variables}
+        return [v for v in self.non_trainable_variables if id(v) not in own]
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        num_replicas = distribute.num_replicas_in_sync()
+        # Random-generator states (dropout) before the first pass, so the
+        # second pass replays the same masks.
+        state_variables = self._state_variables()
+        state_before = [tf.identity(v.value) for v in state_variables]
+
+        # First pass
+        with tf.GradientTape() as tape:
+            y_pred = self._forward(x, training=True)
+            loss = self._loss(x, y, y_pred, sample_weight)
+            if not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        # Keras divides each replica's loss by the replica count.
+        self._loss_tracker.update_state(
+            loss * num_replicas, sample_weight=batch_size
+        )
+        self._build_method_state()
+        variables = self.trainable_variables
+        weights = [v.value for v in variables]
+        raw_grads = _dense(
+            tape.gradient(
+                scaled_loss,
+                variables,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+        )
+        # `raw = loss_scale / num_replicas · ∇(this replica's mean loss)`.
+        loss_scale = tf.cast(self.optimizer.scale_loss(1.0), "float32")
+        if self.perturbation_scope == "global":
+            grads = linalg.scale(distribute.all_reduce_sum(raw_grads), 1.0 / loss_scale)
+        else:
+            grads = linalg.scale(raw_grads, num_replicas / loss_scale)
+        context = StepContext(
+            step=self.optimizer.iterations,
+            variables=variables,
+            weights=weights,
+            grads=grads,
+            hvp=None,
+        )
+        self.method.update_state(context)
+
+        # Perturb
+        perturbation = self.method.perturbation(context)
+        perturbed = linalg.add(weights, perturbation)
+
+        # Second pass
+        mapping = list(zip(variables, perturbed)) + list(
+            zip(state_variables, state_before)
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(perturbed)
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+                y_pred_perturbed = self._forward(x, training=True)
+                perturbed_loss = self._loss(x, y, y_pred_perturbed, sample_weight)
+            scaled_perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
+        descent = _dense(
+            tape.gradient(
+                scaled_perturbed_loss,
+                perturbed,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+        )
+        if self.method.modifies_descent_gradient:
+            if self.perturbation_scope == "global":
+                true_descent = linalg.scale(
+                    distribute.all_reduce_sum(descent), 1.0 / loss_scale
+                )
+            else:
+                true_descent = linalg.scale(descent, num_replicas / loss_scale)
+            descent = linalg.scale(
+                self.method.descent_gradient(context, true_descent),
+                loss_scale / num_replicas,
+            )
+
+        # Apply
+        finite = distribute.all_replicas_true(
+            tf.logical_and(
+                linalg.all_finite(descent),
+                tf.math.is_finite(tf.cast(perturbed_loss, "float32")),
+            )
+        )
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # The loss-scale optimizer skips non-finite steps and lowers its
+            # scale itself; it checks one replica's gradients only, so make
+            # them non-finite everywhere when any replica's are.
+            if num_replicas > 1:
+                descent = linalg.scale(descent, tf.where(finite, 1.0, float("nan")))
+            self.optimizer.apply(descent, variables)
+        else:
+            distribute.apply_gradients_if(self.optimizer, descent, variables, finite)
+
+        metrics = self.method.step_metrics(context, perturbation)
+        for tracker in self.method_metrics:
+            tracker.update_state(metrics[tracker.name])
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        # The method's per-step metrics describe training steps only.
+        for tracker in self.method_metrics:
+            logs.pop(tracker.name, None)
+        return logs
+
+    # ---------------------------------------------------------- serialization
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "method": keras.saving.serialize_keras_object(self.method),
+            "perturbation_scope": self.perturbation_scope,
+        }
+        if self.model is not None:
+            config["model"] = keras.saving.serialize_keras_object(self.model)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("model", "method"):
+            if key in config and config[key] is not None:
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key], custom_objects=custom_objects
+                )
+        return cls(**config)
+
+
+def _dense(grads):
+    """Densifies `IndexedSlices` gradients (embeddings) for the vector math."""
+    return [
+        tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+        for g in grads
+    ]

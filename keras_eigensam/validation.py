@@ -1,0 +1,62 @@
+"""Argument checks shared by the public constructors.
+
+Each check names the argument, the allowed range and what was received, so the
+message tells the user what to change.
+"""
+
+import numbers
+
+
+def check_number(name, value, *, minimum=None, strict=False, maximum=None):
+    """Returns `value` as a float after checking type and range.
+
+    Raises:
+        TypeError: if `value` is not a real number (bools are rejected too).
+        ValueError: if `value` is not finite or lies outside the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a number. Received: {name}={value!r} "
+            f"(of type {type(value).__name__})"
+        )
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"`{name}` must be finite. Received: {name}={value}")
+    if minimum is not None:
+        if strict and not value > minimum:
+            raise ValueError(
+                f"`{name}` must be a float > {minimum}. Received: {name}={value}"
+            )
+        if not strict and not value >= minimum:
+            raise ValueError(
+                f"`{name}` must be a float >= {minimum}. Received: {name}={value}"
+            )
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"`{name}` must be a float <= {maximum}. Received: {name}={value}"
+        )
+    return value
+
+
+def check_int(name, value, *, minimum=None):
+    """Returns `value` as an int after checking type and lower bound."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer. Received: {name}={value!r} "
+            f"(of type {type(value).__name__})"
+        )
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. Received: {name}={value}"
+        )
+    return value
+
+
+def check_choice(name, value, choices):
+    """Returns `value` after checking it is one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
+        )
+    return value
