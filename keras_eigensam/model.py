@@ -169,26 +169,32 @@ class SharpnessAwareModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if not (self._weights_exist() and self.optimizer.built):
+            # Under the default strategy `fit` builds nothing before tracing
+            # the first step; build here, as Keras does under a strategy.
+            self._symbolic_build(data_batch=data)
+        self._build_method_state()
         num_replicas = distribute.num_replicas_in_sync()
-        # Random-generator states (dropout) before the first pass, so the
-        # second pass replays the same masks.
+        variables = self.trainable_variables
         state_variables = self._state_variables()
-        state_before = [tf.identity(v.value) for v in state_variables]
 
-        # First pass
+        # First pass. Its state writes (BatchNormalization statistics, RNG
+        # states) are held back and applied only if the step is finite.
         with tf.GradientTape() as tape:
-            y_pred = self._forward(x, training=True)
-            loss = self._loss(x, y, y_pred, sample_weight)
-            if not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
+            with keras.StatelessScope(collect_losses=True) as first_pass:
+                y_pred = self._forward(x, training=True)
+                loss = self._loss(x, y, y_pred, sample_weight)
             scaled_loss = self.optimizer.scale_loss(loss)
+        state_updates = [
+            (v, first_pass.get_current_value(v))
+            for v in state_variables
+            if first_pass.get_current_value(v) is not None
+        ]
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
         # Keras divides each replica's loss by the replica count.
         self._loss_tracker.update_state(
             loss * num_replicas, sample_weight=batch_size
         )
-        self._build_method_state()
-        variables = self.trainable_variables
         weights = [v.value for v in variables]
         raw_grads = _dense(
             tape.gradient(
@@ -216,13 +222,13 @@ class SharpnessAwareModel(keras.Model):
         perturbation = self.method.perturbation(context)
         perturbed = linalg.add(weights, perturbation)
 
-        # Second pass
-        mapping = list(zip(variables, perturbed)) + list(
-            zip(state_variables, state_before)
-        )
+        # Second pass, on perturbed values: it writes no variable, and reads
+        # the state from before the first pass, so dropout replays its masks.
         with tf.GradientTape() as tape:
             tape.watch(perturbed)
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            with keras.StatelessScope(
+                state_mapping=list(zip(variables, perturbed)), collect_losses=True
+            ):
                 y_pred_perturbed = self._forward(x, training=True)
                 perturbed_loss = self._loss(x, y, y_pred_perturbed, sample_weight)
             scaled_perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
@@ -261,6 +267,8 @@ class SharpnessAwareModel(keras.Model):
             self.optimizer.apply(descent, variables)
         else:
             distribute.apply_gradients_if(self.optimizer, descent, variables, finite)
+        for variable, value in state_updates:
+            variable.assign(tf.where(finite, value, variable.value))
 
         metrics = self.method.step_metrics(context, perturbation)
         for tracker in self.method_metrics:

@@ -25,6 +25,12 @@ def _fresh_keras_state():
     keras.config.set_dtype_policy("float32")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mirrored_strategy():
+    """One MirroredStrategy over two logical CPUs for the whole session.
+
+    TensorFlow's collective runtime keys collectives by instance numbers that
+    each new MirroredStrategy starts again from, so a second strategy in the
+    same process can collide with shapes the first one used.
+    """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
