@@ -40,38 +40,48 @@ def all_replicas_true(flag):
     return tf.equal(all_reduce_sum(bad), 0.0)
 
 
-def apply_gradients_if(optimizer, grads, variables, should_apply):
-    """Applies `grads` with `optimizer` only when `should_apply` is True.
+def replica_cond(pred, fn, args=()):
+    """Runs `fn(*args)` in replica context on every replica iff `pred`.
 
-    `should_apply` must be identical on every replica (see
-    `all_replicas_true`). When it is False the optimizer does nothing: no
-    weight, slot or iteration counter changes. Keras's optimizers all-reduce
-    gradients with `merge_call` on some strategies (MirroredStrategy on CPUs),
-    and a `merge_call` may not sit inside a conditional in replica context, so
-    there the conditional is taken in cross-replica context, as Keras's own
-    `LossScaleOptimizer` does.
+    `pred` must be identical on every replica (see `all_replicas_true`), and
+    `fn` may contain collectives (`all_reduce_*`, an optimizer update) and
+    variable writes; it returns nothing. Per-replica tensors must be passed
+    through `args`, not captured by `fn`: on strategies that synchronise with
+    `merge_call` (MirroredStrategy on CPUs and with some GPU set-ups) a
+    collective may not sit inside a conditional in replica context, so there
+    the conditional is taken in cross-replica context and `fn` is run for
+    each replica with that replica's `args`, as Keras's `LossScaleOptimizer`
+    does.
     """
 
-    def apply_fn():
-        optimizer.apply(grads, variables)
+    def run():
+        fn(*args)
 
     if (
         not tf.distribute.has_strategy()
         or tf.__internal__.distribute.strategy_supports_no_merge_call()
     ):
-        tf.cond(should_apply, apply_fn, lambda: None)
+        tf.cond(pred, run, lambda: None)
         return
 
-    def cross_replica_fn(distribution, grads, variables, should_apply):
-        flag = distribution.experimental_local_results(should_apply)[0]
+    def cross_replica_fn(distribution, pred, *args):
+        flag = distribution.experimental_local_results(pred)[0]
 
-        def distributed_apply():
-            distribution.extended.call_for_each_replica(
-                optimizer.apply, args=(grads, variables)
-            )
+        def for_each_replica():
+            distribution.extended.call_for_each_replica(fn, args=args)
 
-        tf.cond(flag, distributed_apply, lambda: None)
+        tf.cond(flag, for_each_replica, lambda: None)
 
     tf.distribute.get_replica_context().merge_call(
-        cross_replica_fn, args=(grads, variables, should_apply)
+        cross_replica_fn, args=(pred,) + tuple(args)
     )
+
+
+def apply_gradients_if(optimizer, grads, variables, should_apply):
+    """Applies `grads` with `optimizer` only when `should_apply` is True.
+
+    `should_apply` must be identical on every replica (see
+    `all_replicas_true`). When it is False the optimizer does nothing: no
+    weight, slot or iteration counter changes.
+    """
+    replica_cond(should_apply, optimizer.apply, (grads, variables))
