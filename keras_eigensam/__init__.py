@@ -11,6 +11,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from keras_eigensam import linalg
 from keras_eigensam.methods import ASAM
 from keras_eigensam.methods import SAM
+from keras_eigensam.methods import EigenSAM
+from keras_eigensam.methods import EigenvectorTracker
+from keras_eigensam.methods import XSAM
 from keras_eigensam.methods import SharpnessMethod
 from keras_eigensam.methods import StepContext
 from keras_eigensam.model import SharpnessAwareModel
@@ -19,9 +22,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ASAM",
+    "EigenSAM",
+    "EigenvectorTracker",
     "SAM",
     "SharpnessAwareModel",
     "SharpnessMethod",
     "StepContext",
+    "XSAM",
     "linalg",
 ]

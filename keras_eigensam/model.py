@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_eigensam import distribute
+from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.methods.base import SharpnessMethod
@@ -214,7 +215,7 @@ class SharpnessAwareModel(keras.Model):
             variables=variables,
             weights=weights,
             grads=grads,
-            hvp=None,
+            with_hessian=self._hessian_runner(x, y, sample_weight, loss_scale),
         )
         self.method.update_state(context)
 
@@ -274,6 +275,38 @@ class SharpnessAwareModel(keras.Model):
         for tracker in self.method_metrics:
             tracker.update_state(metrics[tracker.name])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _hessian_runner(self, x, y, sample_weight, loss_scale):
+        """`StepContext.with_hessian` for this step's batch (see there)."""
+
+        def with_hessian(pred, fn, training=False, mode="reverse_over_reverse"):
+            def replica_fn(x, y, sample_weight, loss_scale):
+                def loss_fn():
+                    # Reads the variables themselves (so they can be
+                    # differentiated) and discards any state write, such as
+                    # BatchNormalization statistics in training mode.
+                    with keras.StatelessScope(collect_losses=True):
+                        y_pred = self._forward(x, training=training)
+                        loss = self._loss(x, y, y_pred, sample_weight)
+                    return self.optimizer.scale_loss(loss)
+
+                local_matvec = hessian.make_hvp(
+                    loss_fn, self.trainable_variables, mode=mode
+                )
+
+                def matvec(vectors):
+                    # Each replica's loss carries a 1/num_replicas factor, so
+                    # the sum over replicas is the global-batch Hessian.
+                    products = distribute.all_reduce_sum(local_matvec(vectors))
+                    return linalg.scale(products, 1.0 / loss_scale)
+
+                fn(matvec)
+
+            distribute.replica_cond(
+                pred, replica_fn, (x, y, sample_weight, loss_scale)
+            )
+
+        return with_hessian
 
     def test_step(self, data):
         logs = super().test_step(data)

@@ -21,6 +21,7 @@ mirrored across replicas when the model is built under a strategy.
 import keras
 
 from keras_eigensam import validation
+from keras_eigensam.methods.eigenvector import METRIC_NAMES
 
 
 class StepContext:
@@ -36,17 +37,21 @@ class StepContext:
             scale (loss scaling and the per-replica `1/num_replicas` factor
             removed). With `perturbation_scope="replica"` it is this
             replica's gradient, with `"global"` the all-reduced one.
-        hvp: A function `vectors -> H·vectors` for the Hessian of the loss on
-            this step's global batch at `weights`, or `None` when the model
-            did not provide one. Methods that need curvature call it.
+        with_hessian: A function `with_hessian(pred, fn, *, training, mode)`
+            that, when the scalar boolean `pred` is True, calls `fn(matvec)`
+            on every replica, where `matvec(vectors)` is the Hessian-vector
+            product of the loss on this step's global batch at `weights`
+            (all-reduced, identical on every replica). `fn` may write
+            variables and returns nothing. `training` picks the model's mode
+            for the Hessian, `mode` the HVP algorithm.
     """
 
-    def __init__(self, step, variables, weights, grads, hvp=None):
+    def __init__(self, step, variables, weights, grads, with_hessian=None):
         self.step = step
         self.variables = variables
         self.weights = weights
         self.grads = grads
-        self.hvp = hvp
+        self.with_hessian = with_hessian
 
 
 class SharpnessMethod(keras.layers.Layer):
@@ -60,6 +65,9 @@ class SharpnessMethod(keras.layers.Layer):
     Args:
         rho: Radius of the perturbation. `rho=0` makes every method reduce to
             its base optimizer. Defaults to `0.05`.
+        eigenvector: An `EigenvectorTracker` if the method tracks the top
+            Hessian eigenvector (Eigen-SAM and X-SAM need it; SAM can log
+            it), else `None`. Defaults to `None`.
         **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
     """
 
@@ -67,12 +75,10 @@ class SharpnessMethod(keras.layers.Layer):
     #: the model hands the second-pass gradient to the optimizer untouched.
     modifies_descent_gradient = False
 
-    #: Whether `update_state` needs `StepContext.hvp`.
-    needs_hvp = False
-
-    def __init__(self, rho=0.05, **kwargs):
+    def __init__(self, rho=0.05, eigenvector=None, **kwargs):
         super().__init__(**kwargs)
         self.rho = validation.check_number("rho", rho, minimum=0.0)
+        self.eigenvector = eigenvector
         self.state_built = False
         # Never called, so never built by Keras; its state comes from
         # `build_state`.
@@ -81,7 +87,7 @@ class SharpnessMethod(keras.layers.Layer):
     @property
     def metric_names(self):
         """Names of the scalars `step_metrics` returns, logged every step."""
-        return ()
+        return METRIC_NAMES if self.eigenvector is not None else ()
 
     def build_state(self, variable_shapes):
         """Creates the method's state for variables of `variable_shapes`.
@@ -94,7 +100,8 @@ class SharpnessMethod(keras.layers.Layer):
         `super().build_state(variable_shapes)` last. The base class has no
         state.
         """
-        del variable_shapes
+        if self.eigenvector is not None:
+            self.eigenvector.build(self, variable_shapes)
         self.state_built = True
 
     def _lock_state(self):
@@ -103,8 +110,12 @@ class SharpnessMethod(keras.layers.Layer):
         pass
 
     def update_state(self, context):
-        """Updates the method's own state at the start of a step."""
-        del context
+        """Updates the method's own state at the start of a step.
+
+        The base class refreshes the eigenvector estimate when it is due.
+        """
+        if self.eigenvector is not None:
+            self.eigenvector.maybe_refresh(context)
 
     def perturbation(self, context):
         """Returns the perturbation `e` (list of tensors shaped like weights)."""
@@ -123,10 +134,13 @@ class SharpnessMethod(keras.layers.Layer):
 
     def step_metrics(self, context, perturbation):
         """Returns a dict of scalar tensors named as in `metric_names`."""
-        del context, perturbation
-        return {}
+        if self.eigenvector is None:
+            return {}
+        return self.eigenvector.step_metrics(context, perturbation)
 
     def get_config(self):
         config = super().get_config()
         config.update({"rho": self.rho})
+        if self.eigenvector is not None:
+            config.update(self.eigenvector.get_config())
         return config
