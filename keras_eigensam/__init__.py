@@ -8,6 +8,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "`gpu` extra: `pip install 'keras-eigensam[cpu]'`."
     ) from e
 
+from keras_eigensam import architectures
+from keras_eigensam import data
 from keras_eigensam import linalg
 from keras_eigensam.methods import ASAM
 from keras_eigensam.methods import SAM
@@ -29,5 +31,7 @@ __all__ = [
     "SharpnessMethod",
     "StepContext",
     "XSAM",
+    "architectures",
+    "data",
     "linalg",
 ]

@@ -1,0 +1,491 @@
+"""Input pipelines for the datasets of the SAM-family experiments.
+
+`load(name, split, batch_size, training=...)` returns a batched
+`tf.data.Dataset` of `(images, labels)` and a `DatasetInfo`. Images are
+float32 and normalised per channel with the dataset's mean and standard
+deviation; labels are int32 class indices.
+
+Two kinds of datasets:
+
+- `cifar10`, `cifar100`, `fashion_mnist` and `svhn_cropped` are read with
+  TensorFlow Datasets from `data_dir`. This module never downloads: if the
+  dataset is not prepared there, `load` raises `DatasetUnavailableError`.
+  Prepare it once on a machine with network access with
+  `tfds build cifar10 --data_dir=DIR` and pass `data_dir=DIR`. (A download
+  started from inside a training job is slow, fails on machines without
+  network, and races when several workers start it at once.)
+- `digits` (scikit-learn's bundled 8×8×1 handwritten digits, 1,797 images;
+  the first 1,437 are the train split and the last 360 the test split) and
+  `mnist1d` (generated locally by the `mnist1d` package with its default
+  arguments: 4,000 train and 1,000 test signals of shape `(40, 1)`) need no
+  files and no network, which makes them the datasets of the tests and of
+  quick curvature experiments. Their mean and standard deviation are computed
+  from the train split.
+
+The training pipeline is: read → cache (decoded, before any augmentation) →
+shuffle (reshuffled every epoch) → augment → batch with the *global* batch
+size → [keras-cv augmentation] → normalise → prefetch. Augmentation is
+applied only when `training=True`:
+
+| `augment`       | what it does                                              |
+|-----------------|-----------------------------------------------------------|
+| `"none"`        | nothing                                                   |
+| `"standard"`    | zero-pad and random-crop back to size (4 pixels; 1 for    |
+|                 | `digits`), plus a horizontal flip for `cifar10`,          |
+|                 | `cifar100` and `fashion_mnist` but not for the digit      |
+|                 | datasets (a mirrored digit is another symbol).            |
+|                 | `mnist1d` gets no augmentation: its generator already     |
+|                 | translates, shears, scales and adds noise.                |
+| `"cutout"`      | `"standard"`, then `keras_cv.layers.RandomCutout`: a      |
+|                 | square of half the image side (16×16 on CIFAR) centred    |
+|                 | anywhere in the image and clipped at its border, filled   |
+|                 | after normalisation with 0 (the dataset mean), as in      |
+|                 | DeVries & Taylor (2017).                                  |
+| `"randaugment"` | `"standard"`, then `keras_cv.layers.RandAugment` with     |
+|                 | keras-cv's default policy before normalisation.           |
+
+Randomness: shuffling and the standard augmentation are driven by `seed`
+through seeded `tf.data` ops and stateless image ops, so a pipeline with the
+same arguments yields the same batches in every run, and a different
+augmentation in every epoch. The keras-cv layers keep their own random state:
+Cutout runs sequentially and is reproducible for a given `seed`; RandAugment
+is not reproducible across runs, because several of keras-cv 0.9's RandAugment
+operations sample their magnitudes with TensorFlow's global random ops.
+"""
+
+import dataclasses
+import functools
+import random
+
+import numpy as np
+import tensorflow as tf
+
+from keras_eigensam import validation
+
+NAMES = (
+    "cifar10",
+    "cifar100",
+    "fashion_mnist",
+    "svhn_cropped",
+    "digits",
+    "mnist1d",
+)
+AUGMENTATIONS = ("none", "standard", "cutout", "randaugment")
+
+_TFDS_NAMES = ("cifar10", "cifar100", "fashion_mnist", "svhn_cropped")
+_OFFLINE_SPLITS = ("train", "test")
+_SHUFFLE_BUFFER = 50_000
+_DIGITS_TRAIN_FRACTION = 0.8
+_CUTOUT_FRACTION = 0.5
+
+
+class DatasetUnavailableError(ValueError):
+    """Raised by `load` when a TFDS dataset is not prepared in `data_dir`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a training loop need to know about a loaded split.
+
+    Attributes:
+        name: The dataset name, one of `NAMES`.
+        split: The split that was loaded, e.g. `"train"`.
+        num_examples: Number of examples in the split (before batching).
+        num_classes: Number of classes.
+        input_shape: Shape of one example, e.g. `(32, 32, 3)` or `(40, 1)`.
+        mean: Per-channel mean subtracted from the inputs (in [0, 1] units
+            for images).
+        std: Per-channel standard deviation the inputs are divided by.
+    """
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int
+    input_shape: tuple
+    mean: tuple
+    std: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    num_classes: int
+    input_shape: tuple
+    pad: int
+    flip: bool
+    # Per-channel statistics of the train split in [0, 1] units; `None` for the
+    # offline datasets, whose statistics are computed from their arrays.
+    mean: tuple = None
+    std: tuple = None
+
+
+_SPECS = {
+    # Train-split statistics (the std is the per-pixel std, not the
+    # (0.2023, 0.1994, 0.2010) that kuangliu/pytorch-cifar inherited).
+    "cifar10": _Spec(
+        10, (32, 32, 3), 4, True, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+    "cifar100": _Spec(
+        100, (32, 32, 3), 4, True, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+    # Garments are left-right symmetric, so flipping keeps the label.
+    "fashion_mnist": _Spec(10, (28, 28, 1), 4, True, (0.2860,), (0.3530,)),
+    # Digits are not: no flip for SVHN, digits or mnist1d.
+    "svhn_cropped": _Spec(
+        10, (32, 32, 3), 4, False, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+    ),
+    "digits": _Spec(10, (8, 8, 1), 1, False),
+    "mnist1d": _Spec(10, (40, 1), 0, False),
+}
+
+
+def load(
+    name,
+    split,
+    batch_size,
+    *,
+    training,
+    data_dir=None,
+    seed=0,
+    num_replicas=1,
+    augment="standard",
+    cache=True,
+    drop_remainder=None,
+):
+    """Builds the input pipeline of one split of a dataset.
+
+    Returns batches of `(images, labels)`: float32 images normalised with the
+    dataset's per-channel mean and std, and int32 labels. With
+    `training=True` the examples are shuffled (differently in every epoch)
+    and augmented as `augment` says; with `training=False` they come in a
+    fixed order, unaugmented. Batches have the *global* batch size: under a
+    `tf.distribute` strategy with `num_replicas` replicas, each replica gets
+    `batch_size // num_replicas` examples.
+
+    Args:
+        name: One of `NAMES`: `"cifar10"`, `"cifar100"`, `"fashion_mnist"`,
+            `"svhn_cropped"` (TFDS), `"digits"` or `"mnist1d"` (offline).
+        split: The split to read: `"train"` or `"test"`; TFDS datasets also
+            take any TFDS split string such as `"train[:45000]"` or
+            `"extra"`.
+        batch_size: Global batch size, an integer >= 1 divisible by
+            `num_replicas`.
+        training: Whether this is the training pipeline (shuffle and
+            augment) or an evaluation one.
+        data_dir: Directory of the prepared TFDS datasets; `None` uses TFDS's
+            default. Ignored by the offline datasets. Defaults to `None`.
+        seed: Seed of the shuffling and the augmentation, an integer >= 0.
+            Defaults to `0`.
+        num_replicas: Number of replicas the global batch is split across.
+            Defaults to `1`.
+        augment: `"none"`, `"standard"`, `"cutout"` or `"randaugment"` (see
+            the module docstring); used only when `training=True`. Cutout and
+            RandAugment need keras-cv and image datasets. Defaults to
+            `"standard"`.
+        cache: Whether to cache the decoded examples in memory (before
+            augmentation). Defaults to `True`.
+        drop_remainder: Whether to drop the last partial batch. `None` drops
+            it when training (so every step has the same shape) and keeps it
+            otherwise (so evaluation sees every example). Defaults to `None`.
+
+    Returns:
+        A tuple `(dataset, info)`: a batched, prefetched `tf.data.Dataset`
+        of `(images, labels)`, and a `DatasetInfo`.
+
+    Raises:
+        ValueError: if an argument is out of range, `name` is unknown,
+            `batch_size` is not divisible by `num_replicas`, or `augment` is
+            `"cutout"`/`"randaugment"` for a dataset that is not made of
+            images.
+        TypeError: if an argument has the wrong type.
+        DatasetUnavailableError: if a TFDS dataset is not prepared in
+            `data_dir` (a `ValueError`).
+        ImportError: if the optional package the dataset or augmentation
+            needs is missing (install the `scripts` extra).
+
+    Example:
+
+    ```python
+    train_ds, info = keras_eigensam.data.load(
+        "mnist1d", "train", 128, training=True, seed=1)
+    test_ds, _ = keras_eigensam.data.load(
+        "mnist1d", "test", 512, training=False)
+    model = keras_eigensam.architectures.build(
+        "small_cnn", info.input_shape, info.num_classes)
+    ```
+    """
+    validation.check_choice("name", name, NAMES)
+    if not isinstance(split, str):
+        raise TypeError(
+            f"`split` must be a string such as 'train'. Received: split={split!r}"
+        )
+    if name not in _TFDS_NAMES:
+        validation.check_choice("split", split, _OFFLINE_SPLITS)
+    batch_size = validation.check_int("batch_size", batch_size, minimum=1)
+    num_replicas = validation.check_int("num_replicas", num_replicas, minimum=1)
+    if batch_size % num_replicas:
+        raise ValueError(
+            "`batch_size` (the global batch size) must be divisible by "
+            f"`num_replicas`. Received: batch_size={batch_size}, "
+            f"num_replicas={num_replicas}"
+        )
+    seed = validation.check_int("seed", seed, minimum=0)
+    _check_bool("training", training)
+    _check_bool("cache", cache)
+    validation.check_choice("augment", augment, AUGMENTATIONS)
+    if drop_remainder is None:
+        drop_remainder = training
+    _check_bool("drop_remainder", drop_remainder)
+    spec = _SPECS[name]
+    if augment in ("cutout", "randaugment") and len(spec.input_shape) != 3:
+        raise ValueError(
+            f"`augment={augment!r}` needs an image dataset; {name!r} holds "
+            f"signals of shape {spec.input_shape}. Use augment='standard' or "
+            f"'none'. Received: augment={augment!r}"
+        )
+
+    if name in _TFDS_NAMES:
+        ds, num_examples = _read_tfds(name, split, data_dir, training, seed)
+        mean, std = spec.mean, spec.std
+    else:
+        arrays = _OFFLINE_LOADERS[name]()
+        x, y = arrays[split]
+        ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+        num_examples = len(y)
+        mean, std = arrays["mean"], arrays["std"]
+    info = DatasetInfo(
+        name=name,
+        split=split,
+        num_examples=num_examples,
+        num_classes=spec.num_classes,
+        input_shape=spec.input_shape,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
+
+    if cache:
+        ds = ds.cache()
+    augment = augment if training else "none"
+    if training:
+        ds = ds.shuffle(
+            max(1, min(num_examples, _SHUFFLE_BUFFER)),
+            seed=seed,
+            reshuffle_each_iteration=True,
+        )
+    ds = _augment_examples(ds, spec, augment, seed)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = _augment_and_normalise_batches(ds, spec, augment, seed, mean, std)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options), info
+
+
+# ---------------------------------------------------------------------------
+# Reading.
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be True or False. Received: {name}={value!r}"
+        )
+
+
+def _missing_extra(package, purpose):
+    return ImportError(
+        f"{purpose} needs `{package}`. Install the `scripts` extra: "
+        "`pip install 'keras-eigensam[scripts]'`."
+    )
+
+
+def _read_tfds(name, split, data_dir, training, seed):
+    """Undecorated `(uint8 image, int32 label)` examples and their count."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise _missing_extra("tensorflow-datasets", f"Dataset {name!r}") from e
+    builder = tfds.builder(name, data_dir=data_dir)
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+    try:
+        # `as_dataset` never downloads; it asserts the data is prepared.
+        ds = builder.as_dataset(
+            split=split,
+            as_supervised=True,
+            shuffle_files=training,
+            read_config=read_config,
+        )
+    except AssertionError:
+        where = data_dir if data_dir is not None else "TFDS's default data_dir"
+        raise DatasetUnavailableError(
+            f"TFDS dataset {name!r} is not prepared in {where} and keras_eigensam "
+            f"does not download: run `tfds build {name} --data_dir=DIR` on a "
+            "machine with network access, then pass data_dir=DIR. "
+            f"Received: data_dir={data_dir!r}"
+        ) from None
+    num_examples = int(ds.cardinality())
+    if num_examples < 0:
+        num_examples = builder.info.splits[split].num_examples
+    ds = ds.map(
+        lambda image, label: (image, tf.cast(label, tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return ds, num_examples
+
+
+def _channel_stats(x):
+    axes = tuple(range(x.ndim - 1))
+    return x.mean(axis=axes, dtype=np.float64), x.std(axis=axes, dtype=np.float64)
+
+
+def _read_only(*arrays):
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_arrays():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise _missing_extra("scikit-learn", "Dataset 'digits'") from e
+    bunch = load_digits()
+    # Pixel values are integers in [0, 16].
+    x = (bunch.images / 16.0).astype(np.float32)[..., np.newaxis]
+    y = bunch.target.astype(np.int64)
+    split_at = int(len(y) * _DIGITS_TRAIN_FRACTION)
+    mean, std = _channel_stats(x[:split_at])
+    return {
+        "train": _read_only(x[:split_at], y[:split_at]),
+        "test": _read_only(x[split_at:], y[split_at:]),
+        "mean": mean,
+        "std": std,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _mnist1d_arrays():
+    try:
+        from mnist1d import data as mnist1d_data
+    except ImportError as e:
+        raise _missing_extra("mnist1d", "Dataset 'mnist1d'") from e
+    # `make_dataset` generates the data from templates (no network, unlike
+    # `get_dataset`); it reseeds the global NumPy and `random` generators, so
+    # restore them for the caller.
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        generated = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    x_train = generated["x"].astype(np.float32)[..., np.newaxis]
+    x_test = generated["x_test"].astype(np.float32)[..., np.newaxis]
+    mean, std = _channel_stats(x_train)
+    return {
+        "train": _read_only(x_train, generated["y"].astype(np.int64)),
+        "test": _read_only(x_test, generated["y_test"].astype(np.int64)),
+        "mean": mean,
+        "std": std,
+    }
+
+
+_OFFLINE_LOADERS = {"digits": _digits_arrays, "mnist1d": _mnist1d_arrays}
+
+
+# ---------------------------------------------------------------------------
+# Augmentation and normalisation.
+
+
+def _to_unit_float(image):
+    """Images in [0, 1] (uint8 ones are divided by 255), signals as they are."""
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0
+    return tf.cast(image, tf.float32)
+
+
+def _augment_examples(ds, spec, augment, seed):
+    """Per-example conversion to float and the standard augmentation."""
+    if augment == "none" or not (spec.pad or spec.flip):
+        return ds.map(
+            lambda image, label: (_to_unit_float(image), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    # One random int64 per example, different in every epoch but the same in
+    # every run: the seeds of the stateless image ops.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def standard(example, example_seed):
+        image, label = example
+        image = _to_unit_float(image)
+        if spec.pad:
+            pad = spec.pad
+            image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+            image = tf.image.stateless_random_crop(
+                image, spec.input_shape, seed=tf.stack([example_seed, 0])
+            )
+        if spec.flip:
+            image = tf.image.stateless_random_flip_left_right(
+                image, seed=tf.stack([example_seed, 1])
+            )
+        return image, label
+
+    return tf.data.Dataset.zip(ds, seeds).map(
+        standard, num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def _keras_cv_layers():
+    try:
+        import keras_cv
+    except ImportError as e:
+        raise _missing_extra("keras-cv", "Cutout and RandAugment") from e
+    return keras_cv.layers
+
+
+def _keras_cv_seed(seed):
+    # keras-cv 0.9 layers treat a falsy seed as "no seed" and then draw from
+    # TensorFlow's global generator: never pass them 0.
+    return seed + 1
+
+
+def _augment_and_normalise_batches(ds, spec, augment, seed, mean, std):
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    before, after = None, None
+    if augment == "randaugment":
+        rand_augment = _keras_cv_layers().RandAugment(
+            value_range=(0, 1), seed=_keras_cv_seed(seed)
+        )
+        if spec.input_shape[-1] == 1:
+            # keras-cv's policy converts colours and needs RGB; every op of the
+            # policy maps grey to grey, so averaging the channels loses nothing.
+            def before(images):
+                rgb = tf.image.grayscale_to_rgb(images)
+                return tf.reduce_mean(rand_augment(rgb), axis=-1, keepdims=True)
+
+        else:
+            before = rand_augment
+    elif augment == "cutout":
+        after = _keras_cv_layers().RandomCutout(
+            # A (min, max) pair: a fixed size. A single float would draw the
+            # size uniformly from [0, fraction].
+            height_factor=(_CUTOUT_FRACTION, _CUTOUT_FRACTION),
+            width_factor=(_CUTOUT_FRACTION, _CUTOUT_FRACTION),
+            fill_mode="constant",
+            fill_value=0.0,
+            seed=_keras_cv_seed(seed),
+        )
+
+    def transform(images, labels):
+        if before is not None:
+            images = before(images)
+        images = (images - mean) / std
+        if after is not None:
+            images = after(images)
+        return images, labels
+
+    # keras-cv layers draw from a stateful generator: call them in order, so
+    # that the draws (and thus the batches) do not depend on thread timing.
+    stateful = before is not None or after is not None
+    return ds.map(transform, num_parallel_calls=None if stateful else tf.data.AUTOTUNE)
