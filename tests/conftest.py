@@ -34,3 +34,13 @@ def mirrored_strategy():
     same process can collide with shapes the first one used.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture
+def op_determinism():
+    """Deterministic TensorFlow ops for the duration of one test."""
+    from tensorflow.python.framework import config as tf_config
+
+    tf.config.experimental.enable_op_determinism()
+    yield
+    tf_config.disable_op_determinism()

@@ -46,3 +46,58 @@ def sam_sgd_step(weights, x, y, lr, perturbation, sample_weight=None):
         [w + ei for w, ei in zip(weights, e)], x, y, sample_weight
     )
     return [w - lr * gs for w, gs in zip(weights, g_sam)]
+
+
+def flatten(vectors):
+    return np.concatenate([np.ravel(v) for v in vectors])
+
+
+def unflatten(flat, like):
+    out, i = [], 0
+    for v in like:
+        out.append(np.reshape(flat[i : i + v.size], v.shape))
+        i += v.size
+    return out
+
+
+def mlp_hessian(weights, x, y, step=1e-5):
+    """Full Hessian by central differences of the exact gradient (float64)."""
+    w = flatten(weights)
+    columns = []
+    for j in range(w.size):
+        dw = np.zeros_like(w)
+        dw[j] = step
+        _, g_plus = mlp_loss_and_grad(unflatten(w + dw, weights), x, y)
+        _, g_minus = mlp_loss_and_grad(unflatten(w - dw, weights), x, y)
+        columns.append((flatten(g_plus) - flatten(g_minus)) / (2 * step))
+    h = np.stack(columns, axis=1)
+    return (h + h.T) / 2
+
+
+def top_eigenpair(h):
+    """Eigenpair of largest |λ| (what power iteration converges to)."""
+    eigvals, eigvecs = np.linalg.eigh(h)
+    i = np.argmax(np.abs(eigvals))
+    return eigvals[i], eigvecs[:, i], eigvals
+
+
+def eigen_sam_perturbation(grads, weights, v, rho, alpha):
+    del weights
+    g, v = flatten(grads), flatten(v)
+    g_hat = g / (np.linalg.norm(g) + 1e-12)
+    v_perp = v - (g_hat @ v) * g_hat
+    e = rho * (g_hat + alpha * np.sign(g @ v) * v_perp)
+    return unflatten(e, grads)
+
+
+def x_sam_sgd_step(weights, x, y, lr, rho, v, alpha, correction):
+    _, g = mlp_loss_and_grad(weights, x, y)
+    e = sam_perturbation(g, weights, rho)
+    _, g_a = mlp_loss_and_grad([w + ei for w, ei in zip(weights, e)], x, y)
+    g_a = flatten(g_a)
+    g_hat = g_a / (np.linalg.norm(g_a) + 1e-12)
+    c = g_hat @ v
+    if correction == "reference":
+        c = np.sign(c) * c
+    step = unflatten(g_hat - alpha * c * v, weights)
+    return [w - lr * s for w, s in zip(weights, step)]

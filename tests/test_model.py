@@ -9,50 +9,12 @@ import tensorflow as tf
 
 import keras_eigensam as ks
 from tests import numpy_reference as ref
-
-RTOL, ATOL = 1e-5, 1e-6  # float32 Keras step vs float64 NumPy reference
-
-
-def _data(n=16, d=5, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype("float32")
-    y = rng.normal(size=(n, k)).astype("float32")
-    return x, y
-
-
-def _mlp(d=5, hidden=4, k=3, seed=1):
-    return keras.Sequential(
-        [
-            keras.Input((d,)),
-            keras.layers.Dense(
-                hidden,
-                activation="tanh",
-                kernel_initializer=keras.initializers.GlorotNormal(seed),
-                bias_initializer=keras.initializers.RandomNormal(seed=seed + 1),
-            ),
-            keras.layers.Dense(
-                k,
-                kernel_initializer=keras.initializers.GlorotNormal(seed + 2),
-                bias_initializer=keras.initializers.RandomNormal(seed=seed + 3),
-            ),
-        ]
-    )
-
-
-def _weights(model):
-    return [np.array(v, dtype="float64") for v in model.trainable_variables]
-
+from tests import tiny
 
 def _sam_model(method, net=None, lr=0.1, **kwargs):
-    model = ks.SharpnessAwareModel(net or _mlp(), method=method, **kwargs)
+    model = ks.SharpnessAwareModel(net or tiny.mlp(), method=method, **kwargs)
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     return model
-
-
-def _assert_weights_close(actual, expected, rtol=RTOL, atol=ATOL):
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
 
 
 # ---------------------------------------------------------------- one step
@@ -75,27 +37,27 @@ def _assert_weights_close(actual, expected, rtol=RTOL, atol=ATOL):
     ids=["sam-0.05", "sam-0.5", "asam-0.5", "asam-1.0-eta0.1"],
 )
 def test_one_step_matches_numpy(method, perturbation):
-    x, y = _data()
+    x, y = tiny.data()
     model = _sam_model(method)
-    w0 = _weights(model)
+    w0 = tiny.weights_of(model)
     model.train_on_batch(x, y)
     expected = ref.sam_sgd_step(w0, x.astype(float), y.astype(float), 0.1, perturbation)
-    _assert_weights_close(_weights(model), expected)
+    tiny.assert_weights_close(tiny.weights_of(model), expected)
     # The step must differ from plain SGD, or the test could not fail.
     plain = ref.sam_sgd_step(w0, x, y, 0.1, lambda g, w: [0 * gi for gi in g])
     assert max(np.abs(a - b).max() for a, b in zip(expected, plain)) > 1e-4
 
 
 def test_sample_weight_enters_both_passes():
-    x, y = _data()
+    x, y = tiny.data()
     sw = np.linspace(0.0, 2.0, len(x)).astype("float32")
     model = _sam_model(ks.SAM(rho=0.3))
-    w0 = _weights(model)
+    w0 = tiny.weights_of(model)
     model.train_on_batch(x, y, sample_weight=sw)
     expected = ref.sam_sgd_step(
         w0, x, y, 0.1, functools.partial(ref.sam_perturbation, rho=0.3), sw
     )
-    _assert_weights_close(_weights(model), expected)
+    tiny.assert_weights_close(tiny.weights_of(model), expected)
 
 
 def test_class_weight_equals_sample_weight():
@@ -106,32 +68,19 @@ def test_class_weight_equals_sample_weight():
 
     def step(**fit_kwargs):
         keras.utils.clear_session()
-        model = ks.SharpnessAwareModel(_mlp(), method=ks.SAM(rho=0.2))
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM(rho=0.2))
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
         model.fit(x, labels, batch_size=12, epochs=1, verbose=0, shuffle=False, **fit_kwargs)
-        return _weights(model)
+        return tiny.weights_of(model)
 
     with_class = step(class_weight=class_weight)
     with_sample = step(sample_weight=np.array([class_weight[c] for c in labels], "float32"))
     unweighted = step()
-    _assert_weights_close(with_class, with_sample)
+    tiny.assert_weights_close(with_class, with_sample)
     assert max(np.abs(a - b).max() for a, b in zip(with_class, unweighted)) > 1e-5
-
-
-def _bn_dropout_net(seed=7, dropout=0.0):
-    layers = [
-        keras.Input((5,)),
-        keras.layers.Dense(8, kernel_initializer=keras.initializers.GlorotNormal(seed)),
-        keras.layers.BatchNormalization(momentum=0.5),
-        keras.layers.Activation("relu"),
-    ]
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout, seed=seed))
-    layers.append(keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotNormal(seed + 1)))
-    return keras.Sequential(layers)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["bn", "bn+dropout"])
@@ -141,10 +90,10 @@ def test_rho_zero_equals_plain_keras_step(dropout):
     With dropout this also shows that the second pass runs in training mode
     with the first pass's masks: otherwise its gradient would differ.
     """
-    x, y = _data(n=32)
-    plain = _bn_dropout_net(dropout=dropout)
+    x, y = tiny.data(n=32)
+    plain = tiny.bn_dropout_net(dropout=dropout)
     plain.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
-    sam = _sam_model(ks.SAM(rho=0.0), net=_bn_dropout_net(dropout=dropout))
+    sam = _sam_model(ks.SAM(rho=0.0), net=tiny.bn_dropout_net(dropout=dropout))
     sam.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
     for _ in range(3):
         plain.train_on_batch(x, y)
@@ -154,10 +103,10 @@ def test_rho_zero_equals_plain_keras_step(dropout):
 
 
 def test_second_pass_does_not_update_batchnorm_statistics():
-    x, y = _data(n=32)
-    plain = _bn_dropout_net()
+    x, y = tiny.data(n=32)
+    plain = tiny.bn_dropout_net()
     plain.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    sam = _sam_model(ks.SAM(rho=0.5), net=_bn_dropout_net())
+    sam = _sam_model(ks.SAM(rho=0.5), net=tiny.bn_dropout_net())
     plain.train_on_batch(x, y)
     sam.train_on_batch(x, y)
     bn_plain = plain.layers[1]
@@ -179,19 +128,19 @@ def test_second_pass_does_not_update_batchnorm_statistics():
 
 
 def test_logged_loss_is_first_pass_mean_loss():
-    x, y = _data(n=16)
+    x, y = tiny.data(n=16)
     model = _sam_model(ks.SAM(rho=0.5))
-    w0 = _weights(model)
+    w0 = tiny.weights_of(model)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     expected, _ = ref.mlp_loss_and_grad(w0, x, y)
     np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
 
 
 def test_logged_loss_with_two_replicas(mirrored_strategy):
-    x, y = _data(n=16)
+    x, y = tiny.data(n=16)
     with mirrored_strategy.scope():
         model = _sam_model(ks.SAM(rho=0.5))
-    w0 = _weights(model)
+    w0 = tiny.weights_of(model)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     expected, _ = ref.mlp_loss_and_grad(w0, x, y)
     np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
@@ -200,34 +149,29 @@ def test_logged_loss_with_two_replicas(mirrored_strategy):
 # ---------------------------------------------------------------- distribution
 
 
-def _fit_steps(model, x, y, batch_size, steps):
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).take(steps)
-    model.fit(ds, epochs=1, verbose=0)
-
-
 def test_global_scope_is_independent_of_replica_count(mirrored_strategy):
-    x, y = _data(n=48)
+    x, y = tiny.data(n=48)
     single = _sam_model(ks.SAM(rho=0.3), perturbation_scope="global")
-    _fit_steps(single, x, y, 16, 3)
+    tiny.fit_steps(single, x, y, 16, 3)
     with mirrored_strategy.scope():
         mirrored = _sam_model(ks.SAM(rho=0.3), perturbation_scope="global")
-    _fit_steps(mirrored, x, y, 16, 3)
-    _assert_weights_close(_weights(mirrored), _weights(single), rtol=1e-5, atol=1e-6)
+    tiny.fit_steps(mirrored, x, y, 16, 3)
+    tiny.assert_weights_close(tiny.weights_of(mirrored), tiny.weights_of(single), rtol=1e-5, atol=1e-6)
 
 
 def test_replica_scope_matches_per_shard_numpy(mirrored_strategy):
-    x, y = _data(n=16)
+    x, y = tiny.data(n=16)
     with mirrored_strategy.scope():
         model = _sam_model(ks.SAM(rho=0.3))
-    w0 = _weights(model)
-    _fit_steps(model, x, y, 16, 1)
+    w0 = tiny.weights_of(model)
+    tiny.fit_steps(model, x, y, 16, 1)
     perturbation = functools.partial(ref.sam_perturbation, rho=0.3)
     # Each replica perturbs with its own half-batch gradient; the optimizer
     # averages the two second-pass gradients.
     halves = [(x[:8], y[:8]), (x[8:], y[8:])]
     steps = [ref.sam_sgd_step(w0, xs, ys, 0.1, perturbation) for xs, ys in halves]
     expected = [(a + b) / 2 for a, b in zip(*steps)]
-    _assert_weights_close(_weights(model), expected)
+    tiny.assert_weights_close(tiny.weights_of(model), expected)
     global_step = ref.sam_sgd_step(w0, x, y, 0.1, perturbation)
     assert max(np.abs(a - b).max() for a, b in zip(expected, global_step)) > 1e-5
 
@@ -236,30 +180,30 @@ def test_replica_scope_matches_per_shard_numpy(mirrored_strategy):
 
 
 def test_jit_compile_matches_graph_mode():
-    x, y = _data(n=32)
+    x, y = tiny.data(n=32)
     results = []
     for jit in (False, True):
         keras.utils.clear_session()
-        model = ks.SharpnessAwareModel(_mlp(), method=ks.ASAM(rho=0.5))
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.ASAM(rho=0.5))
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse", jit_compile=jit)
         model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-        results.append(_weights(model))
-    _assert_weights_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+        results.append(tiny.weights_of(model))
+    tiny.assert_weights_close(results[1], results[0], rtol=1e-4, atol=1e-5)
 
 
 def test_mixed_float16_scales_loss_and_updates_at_full_size():
-    x, y = _data(n=32)
+    x, y = tiny.data(n=32)
     deltas = []
     for policy in ("float32", "mixed_float16"):
         keras.utils.clear_session()
         keras.config.set_dtype_policy(policy)
-        model = ks.SharpnessAwareModel(_mlp(), method=ks.SAM(rho=0.05))
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM(rho=0.05))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-        w0 = _weights(model)
+        w0 = tiny.weights_of(model)
         model.train_on_batch(x, y)
         if policy == "mixed_float16":
             assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        w1 = _weights(model)
+        w1 = tiny.weights_of(model)
         assert all(np.isfinite(w).all() for w in w1)
         deltas.append(np.concatenate([(a - b).ravel() for a, b in zip(w1, w0)]))
     # Without loss scaling handled, the update would be ~32768× too small.
@@ -270,13 +214,13 @@ def test_mixed_float16_scales_loss_and_updates_at_full_size():
 
 @pytest.mark.parametrize("loss_scale", [False, True], ids=["sgd", "loss-scale-optimizer"])
 def test_non_finite_batch_leaves_weights_unchanged(loss_scale):
-    x, y = _data(n=8)
+    x, y = tiny.data(n=8)
     x_bad = x.copy()
     x_bad[3, 2] = np.nan
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     if loss_scale:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model = ks.SharpnessAwareModel(_bn_dropout_net(), method=ks.SAM(rho=0.05))
+    model = ks.SharpnessAwareModel(tiny.bn_dropout_net(), method=ks.SAM(rho=0.05))
     model.compile(optimizer=optimizer, loss="mse")
     model.train_on_batch(x, y)  # build slots, take one good step
     before = [np.array(v) for v in model.trainable_variables]
@@ -291,20 +235,20 @@ def test_non_finite_batch_leaves_weights_unchanged(loss_scale):
 
 
 def test_non_finite_on_one_replica_skips_step_everywhere(mirrored_strategy):
-    x, y = _data(n=16)
+    x, y = tiny.data(n=16)
     x[12, 0] = np.inf  # lands on the second replica only
     with mirrored_strategy.scope():
         model = _sam_model(ks.SAM(rho=0.05))
-    before = _weights(model)
-    _fit_steps(model, x, y, 16, 1)
-    _assert_weights_close(_weights(model), before, rtol=0, atol=0)
+    before = tiny.weights_of(model)
+    tiny.fit_steps(model, x, y, 16, 1)
+    tiny.assert_weights_close(tiny.weights_of(model), before, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- saving
 
 
 def test_save_and_load_round_trip(tmp_path):
-    x, y = _data(n=32)
+    x, y = tiny.data(n=32)
     model = _sam_model(ks.ASAM(rho=0.7, eta=0.02), perturbation_scope="global")
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     path = str(tmp_path / "m.keras")
@@ -318,14 +262,14 @@ def test_save_and_load_round_trip(tmp_path):
     # Optimizer state came back too, so one more step gives the same weights.
     model.train_on_batch(x, y)
     loaded.train_on_batch(x, y)
-    _assert_weights_close(_weights(loaded), _weights(model))
+    tiny.assert_weights_close(tiny.weights_of(loaded), tiny.weights_of(model))
 
 
 @pytest.mark.parametrize(
     "method", [ks.SAM(rho=0.11, name="s"), ks.ASAM(rho=0.3, eta=0.05, name="a")], ids=["sam", "asam"]
 )
 def test_get_config_round_trip(method):
-    model = ks.SharpnessAwareModel(_mlp(), method=method, perturbation_scope="global", name="wrapped")
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=method, perturbation_scope="global", name="wrapped")
     config = model.get_config()
     clone = ks.SharpnessAwareModel.from_config(config)
     assert clone.get_config() == config
@@ -337,7 +281,7 @@ def test_get_config_round_trip(method):
 
 
 def test_backup_and_restore_resumes(tmp_path):
-    x, y = _data(n=32)
+    x, y = tiny.data(n=32)
 
     class InterruptAt(keras.callbacks.Callback):
         def __init__(self, epoch):
@@ -350,7 +294,7 @@ def test_backup_and_restore_resumes(tmp_path):
 
     def new_model():
         keras.utils.clear_session()
-        model = ks.SharpnessAwareModel(_mlp(), method=ks.SAM(rho=0.1))
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM(rho=0.1))
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
         return model
 
@@ -366,7 +310,7 @@ def test_backup_and_restore_resumes(tmp_path):
     history = resumed.fit(x, y, callbacks=[backup], **fit)
     assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
     assert int(resumed.optimizer.iterations) == 16
-    _assert_weights_close(_weights(resumed), _weights(reference))
+    tiny.assert_weights_close(tiny.weights_of(resumed), tiny.weights_of(reference))
 
 
 # ---------------------------------------------------------------- tracing
@@ -380,8 +324,8 @@ def test_train_step_traced_once_per_fit():
             traces.append(1)
             return super().train_step(data)
 
-    x, y = _data(n=40)
-    model = Counting(_mlp(), method=ks.SAM())
+    x, y = tiny.data(n=40)
+    model = Counting(tiny.mlp(), method=ks.SAM())
     model.compile(optimizer="sgd", loss="mse")
     model.fit(x, y, batch_size=8, epochs=3, verbose=0)
     assert len(traces) == 1
@@ -396,13 +340,13 @@ def test_subclassed_model_equals_wrapped_model():
     class TinyMLP(ks.SharpnessAwareModel):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.hidden = _mlp().layers[0]
-            self.out = _mlp().layers[1]
+            self.hidden = tiny.mlp().layers[0]
+            self.out = tiny.mlp().layers[1]
 
         def call(self, inputs, training=None):
             return self.out(self.hidden(inputs))
 
-    x, y = _data()
+    x, y = tiny.data()
     sub = TinyMLP(method=ks.SAM(rho=0.2))
     sub.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     sub(x[:1])
@@ -411,11 +355,11 @@ def test_subclassed_model_equals_wrapped_model():
         a.assign(b)
     sub.train_on_batch(x, y)
     wrapped.train_on_batch(x, y)
-    _assert_weights_close(_weights(sub), _weights(wrapped))
+    tiny.assert_weights_close(tiny.weights_of(sub), tiny.weights_of(wrapped))
 
 
 def test_unbuilt_model_is_built_by_fit():
-    x, y = _data()
+    x, y = tiny.data()
     net = keras.Sequential([keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(3)])
     model = ks.SharpnessAwareModel(net, method=ks.SAM(rho=0.1))
     assert not model.method.state_built
@@ -437,12 +381,12 @@ def test_unbuilt_model_is_built_by_fit():
         (lambda: ks.ASAM(eta=-1), ValueError, r"`eta` must be a float >= 0.0. Received: eta=-1"),
         (lambda: ks.SAM(rho=True), TypeError, r"`rho` must be a number"),
         (
-            lambda: ks.SharpnessAwareModel(_mlp(), perturbation_scope="local"),
+            lambda: ks.SharpnessAwareModel(tiny.mlp(), perturbation_scope="local"),
             ValueError,
             r"`perturbation_scope` must be one of \['global', 'replica'\]. Received: perturbation_scope='local'",
         ),
         (
-            lambda: ks.SharpnessAwareModel(_mlp(), method="sam"),
+            lambda: ks.SharpnessAwareModel(tiny.mlp(), method="sam"),
             TypeError,
             r"`method` must be a keras_eigensam method object.*Received: method='sam'",
         ),
@@ -459,7 +403,7 @@ def test_bad_arguments(make, error, match):
 
 
 def test_model_without_trainable_weights_is_rejected():
-    net = _mlp()
+    net = tiny.mlp()
     net.trainable = False
     with pytest.raises(ValueError, match=r"`model` has no trainable weights.*Received: model='sequential"):
         ks.SharpnessAwareModel(net)
@@ -467,13 +411,13 @@ def test_model_without_trainable_weights_is_rejected():
 
 def test_state_updates_applied_once_per_step(mirrored_strategy):
     """BN statistics and dropout RNG states advance on good steps, any strategy."""
-    x, y = _data(n=16)
+    x, y = tiny.data(n=16)
     for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
         with strategy.scope():
-            model = _sam_model(ks.SAM(rho=0.1), net=_bn_dropout_net(dropout=0.3))
+            model = _sam_model(ks.SAM(rho=0.1), net=tiny.bn_dropout_net(dropout=0.3))
         seed_state = model.model.layers[-2].seed_generator.state
         before = np.array(seed_state)
-        _fit_steps(model, x, y, 16, 1)
+        tiny.fit_steps(model, x, y, 16, 1)
         assert not np.array_equal(np.array(seed_state), before)
         assert not np.allclose(np.array(model.model.layers[1].moving_mean), 0.0)
         assert all(np.isfinite(np.array(v)).all() for v in model.weights)

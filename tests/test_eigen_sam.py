@@ -1,0 +1,291 @@
+"""Tests of EigenSAM, XSAM and the eigenvector tracker inside the train step."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_eigensam as ks
+from tests import numpy_reference as ref
+from tests import tiny
+
+
+def _model(method, net=None, lr=0.1, **compile_kwargs):
+    model = ks.SharpnessAwareModel(net or tiny.mlp(), method=method)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", **compile_kwargs)
+    return model
+
+
+def _eigenvector(model):
+    return ref.flatten([np.array(v, "float64") for v in model.method.eigenvector.vector])
+
+
+@pytest.fixture(scope="module")
+def exact():
+    """Exact top eigenpair of the tiny MLP's Hessian at its initial weights."""
+    x, y = tiny.data()
+    w0 = tiny.weights_of(tiny.mlp())
+    lam, v, spectrum = ref.top_eigenpair(ref.mlp_hessian(w0, x, y))
+    second = np.sort(np.abs(spectrum))[-2]
+    assert second / abs(lam) < 0.9, "the test needs a spectral gap"
+    return x, y, w0, lam, v
+
+
+# ---------------------------------------------------------------- one step
+
+
+def test_alpha_zero_equals_sam():
+    x, y = tiny.data()
+    eigen = _model(ks.EigenSAM(rho=0.3, alpha=0.0, refresh_every=1, seed=0))
+    sam = _model(ks.SAM(rho=0.3))
+    for _ in range(2):
+        eigen.train_on_batch(x, y)
+        sam.train_on_batch(x, y)
+    tiny.assert_weights_close(tiny.weights_of(eigen), tiny.weights_of(sam))
+
+
+def test_eigen_sam_step_matches_numpy_with_exact_eigenvector(exact):
+    x, y, w0, lam, v = exact
+    rho, alpha = 0.3, 0.5
+    model = _model(
+        ks.EigenSAM(rho=rho, alpha=alpha, refresh_every=1, power_iterations=40, seed=0)
+    )
+    model.train_on_batch(x, y)
+    found = _eigenvector(model)
+    assert abs(found @ v) > 0.9999
+    np.testing.assert_allclose(
+        float(model.method.eigenvector.eigenvalue), lam, rtol=1e-4
+    )
+    for sign in (1.0, -1.0):  # the rule does not depend on v's sign
+        expected = ref.sam_sgd_step(
+            w0, x, y, 0.1,
+            lambda g, w: ref.eigen_sam_perturbation(g, w, ref.unflatten(sign * v, w), rho, alpha),
+        )
+        tiny.assert_weights_close(tiny.weights_of(model), expected, rtol=1e-4, atol=1e-5)
+    sam_step = ref.sam_sgd_step(w0, x, y, 0.1, lambda g, w: ref.sam_perturbation(g, w, rho))
+    assert tiny.max_difference(sam_step, tiny.weights_of(model)) > 1e-3
+
+
+@pytest.mark.parametrize("correction", ["projection", "reference"])
+def test_x_sam_step_matches_numpy_with_exact_eigenvector(exact, correction):
+    x, y, w0, lam, v = exact
+    rho, alpha = 0.3, 0.5
+    model = _model(
+        ks.XSAM(rho=rho, alpha=alpha, refresh_every=1, power_iterations=40,
+                correction=correction, seed=0)
+    )
+    model.train_on_batch(x, y)
+    found = _eigenvector(model)
+    assert abs(found @ v) > 0.9999
+    # The reference rule depends on v's sign: use the sign the model found.
+    v_model = np.sign(found @ v) * v
+    expected = ref.x_sam_sgd_step(w0, x, y, 0.1, rho, v_model, alpha, correction)
+    tiny.assert_weights_close(tiny.weights_of(model), expected, rtol=1e-4, atol=1e-5)
+    flipped = ref.x_sam_sgd_step(w0, x, y, 0.1, rho, -v_model, alpha, correction)
+    if correction == "projection":  # sign-free
+        tiny.assert_weights_close(flipped, expected, rtol=1e-10, atol=1e-12)
+    else:  # reference rule changes with the sign of v
+        assert tiny.max_difference(flipped, expected) > 1e-4
+
+
+def test_metrics_are_logged_with_their_values(exact):
+    x, y, w0, lam, v = exact
+    model = _model(ks.EigenSAM(rho=0.3, alpha=0.5, refresh_every=1, power_iterations=40, seed=0))
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    logs = {k: vals[0] for k, vals in history.history.items()}
+    np.testing.assert_allclose(logs["top_eigenvalue"], lam, rtol=1e-4)
+    _, g = ref.mlp_loss_and_grad(w0, x, y)
+    g = ref.flatten(g)
+    e = ref.flatten(ref.eigen_sam_perturbation(ref.unflatten(g, w0), w0, ref.unflatten(v, w0), 0.3, 0.5))
+    cos = lambda a, b: abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b)
+    np.testing.assert_allclose(logs["grad_eigen_cosine"], cos(g, v), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(logs["eigen_alignment"], cos(e, v), rtol=1e-3, atol=1e-5)
+
+
+def test_sam_track_eigen_logs_without_changing_the_update():
+    x, y = tiny.data()
+    tracked = _model(ks.SAM(rho=0.2, track_eigen=True, refresh_every=2, seed=0))
+    plain = _model(ks.SAM(rho=0.2))
+    h = tracked.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    plain.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    tiny.assert_weights_close(tiny.weights_of(tracked), tiny.weights_of(plain))
+    assert set(ks.methods.eigenvector.METRIC_NAMES) <= set(h.history)
+    assert int(tracked.method.eigenvector.num_refreshes) == 2  # steps 0 and 2
+    assert "val_top_eigenvalue" not in tracked.fit(
+        x, y, epochs=1, verbose=0, validation_data=(x, y)
+    ).history
+
+
+# ---------------------------------------------------------------- schedule
+
+
+class _RecordRefreshes(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        tracker = self.model.method.eigenvector
+        self.records.append((int(self.model.optimizer.iterations), int(tracker.num_refreshes)))
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_refresh_happens_exactly_every_k_steps(steps_per_execution, jit_compile):
+    k, steps = 3, 10
+    x, y = tiny.data(n=4 * steps)
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.EigenSAM(refresh_every=k, seed=0))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05), loss="mse",
+        steps_per_execution=steps_per_execution, jit_compile=jit_compile,
+    )
+    record = _RecordRefreshes()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[record])
+    assert record.records, "no batch ended"
+    # After `n` steps the refreshes at steps 0, k, 2k, … below n have run.
+    for iterations, refreshes in record.records:
+        assert refreshes == -(-iterations // k), (iterations, refreshes)
+    assert record.records[-1] == (steps, 4)
+    if steps_per_execution == 3:
+        assert len(record.records) == 4  # executions, not steps
+
+
+# ---------------------------------------------------------------- distribution
+
+
+def test_mirrored_eigenvector_identical_and_equal_to_single_device(mirrored_strategy):
+    x, y = tiny.data(n=16)
+    single = _model(ks.EigenSAM(refresh_every=100, power_iterations=20, seed=3))
+    tiny.fit_steps(single, x, y, 16, 1)
+    with mirrored_strategy.scope():
+        mirrored = _model(ks.EigenSAM(refresh_every=100, power_iterations=20, seed=3))
+    tiny.fit_steps(mirrored, x, y, 16, 1)
+    for var_single, var_mirrored in zip(
+        single.method.eigenvector.vector, mirrored.method.eigenvector.vector
+    ):
+        copies = [np.array(c) for c in var_mirrored.value.values]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1])
+        np.testing.assert_allclose(copies[0], np.array(var_single), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        mirrored.method.eigenvector.eigenvalue.numpy(),
+        single.method.eigenvector.eigenvalue.numpy(), rtol=1e-5,
+    )
+
+
+# ---------------------------------------------------------------- saving
+
+
+def test_save_load_keeps_eigenvector_and_schedule(tmp_path):
+    x, y = tiny.data(n=20)
+    model = _model(ks.XSAM(rho=0.1, alpha=0.3, refresh_every=3, correction="projection", seed=1))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # steps 0..4, refreshes at 0, 3
+    path = str(tmp_path / "x.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.method, ks.XSAM)
+    assert loaded.method.get_config() == model.method.get_config()
+    np.testing.assert_array_equal(_eigenvector(loaded), _eigenvector(model))
+    assert int(loaded.method.eigenvector.num_refreshes) == 2
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    assert int(loaded.method.eigenvector.num_refreshes) == 4  # 6 and 9
+    tiny.assert_weights_close(tiny.weights_of(loaded), tiny.weights_of(model))
+    np.testing.assert_allclose(_eigenvector(loaded), _eigenvector(model), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ks.EigenSAM(rho=0.07, alpha=0.1, refresh_every=7, power_iterations=3,
+                    hessian_training=True, hvp_mode="forward_over_backward", seed=5, name="e"),
+        ks.XSAM(rho=0.02, alpha=0.4, refresh_every=4, power_iterations=2,
+                correction="projection", seed=2, name="x"),
+        ks.SAM(rho=0.1, track_eigen=True, refresh_every=9, power_iterations=4, name="s"),
+    ],
+    ids=["eigensam", "xsam", "sam-tracked"],
+)
+def test_get_config_round_trip(method):
+    clone = type(method).from_config(method.get_config())
+    assert clone.get_config() == method.get_config()
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=method)
+    again = ks.SharpnessAwareModel.from_config(model.get_config())
+    assert again.method.get_config() == method.get_config()
+
+
+def test_backup_and_restore_resumes_eigenvector_and_schedule(tmp_path, op_determinism):
+    x, y = tiny.data(n=16)
+
+    class InterruptAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    def new_model():
+        keras.utils.clear_session()
+        return _model(ks.EigenSAM(rho=0.2, alpha=0.3, refresh_every=3, seed=4), lr=0.05)
+
+    fit = dict(batch_size=4, epochs=4, verbose=0, shuffle=False)
+    reference = new_model()
+    reference.fit(x, y, **fit)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        new_model().fit(x, y, callbacks=[backup, InterruptAt()], **fit)
+    resumed = new_model()
+    resumed.fit(x, y, callbacks=[backup], **fit)
+    assert int(resumed.method.eigenvector.num_refreshes) == int(
+        reference.method.eigenvector.num_refreshes
+    ) == 6  # steps 0, 3, 6, 9, 12, 15
+    tiny.assert_weights_close(tiny.weights_of(resumed), tiny.weights_of(reference), rtol=0, atol=0)
+    np.testing.assert_array_equal(_eigenvector(resumed), _eigenvector(reference))
+
+
+# ---------------------------------------------------------------- precision and failures
+
+
+@pytest.mark.parametrize("method_cls", [ks.EigenSAM, ks.XSAM])
+def test_mixed_float16_trains_and_eigenvector_stays_float32(method_cls):
+    keras.config.set_dtype_policy("mixed_float16")
+    x, y = tiny.data(n=32)
+    model = _model(method_cls(refresh_every=2, seed=0), net=tiny.bn_dropout_net(dropout=0.2))
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert all(np.isfinite(np.array(v)).all() for v in model.weights)
+    tracker = model.method.eigenvector
+    assert all(v.dtype == "float32" for v in tracker.vector)
+    assert int(tracker.num_refreshes) == 4
+    np.testing.assert_allclose(np.linalg.norm(_eigenvector(model)), 1.0, rtol=1e-4)
+    assert float(tracker.eigenvalue) > 0
+
+
+def test_non_finite_refresh_keeps_previous_eigenvector():
+    x, y = tiny.data(n=8)
+    model = _model(ks.EigenSAM(refresh_every=1, seed=0), net=tiny.bn_dropout_net())
+    model.train_on_batch(x, y)
+    before = _eigenvector(model)
+    weights = tiny.weights_of(model)
+    x_bad = x.copy()
+    x_bad[0, 0] = np.nan
+    model.train_on_batch(x_bad, y)
+    np.testing.assert_array_equal(_eigenvector(model), before)
+    tiny.assert_weights_close(tiny.weights_of(model), weights, rtol=0, atol=0)
+    assert np.isfinite(float(model.method.eigenvector.eigenvalue))
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: ks.EigenSAM(alpha=-0.1), ValueError, r"`alpha` must be a float >= 0.0. Received: alpha=-0.1"),
+        (lambda: ks.XSAM(alpha="x"), TypeError, r"`alpha` must be a number"),
+        (lambda: ks.EigenSAM(refresh_every=0), ValueError, r"`refresh_every` must be an integer >= 1. Received: refresh_every=0"),
+        (lambda: ks.XSAM(refresh_every=2.5), TypeError, r"`refresh_every` must be an integer"),
+        (lambda: ks.EigenSAM(power_iterations=0), ValueError, r"`power_iterations` must be an integer >= 1"),
+        (lambda: ks.XSAM(correction="paper"), ValueError, r"`correction` must be one of \['projection', 'reference'\]. Received: correction='paper'"),
+        (lambda: ks.EigenSAM(hvp_mode="finite_difference"), ValueError, r"`hvp_mode` must be one of .*Received: hvp_mode='finite_difference'"),
+        (lambda: ks.SAM(track_eigen=True, refresh_every=-3), ValueError, r"`refresh_every`"),
+        (lambda: ks.EigenSAM(hessian_training="yes"), TypeError, r"`hessian_training` must be a bool"),
+    ],
+)
+def test_bad_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()

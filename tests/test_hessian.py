@@ -1,0 +1,498 @@
+"""Tests of `keras_eigensam.hessian` against exact references.
+
+Every numerical claim is checked on a tiny problem whose Hessian is known in
+closed form (½wᵀAw) or is built in full by `tf.GradientTape.jacobian` of the
+gradient, a code path independent of the HVP routines under test.
+"""
+
+from math import erf
+from math import sqrt
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_eigensam import distribute
+from keras_eigensam import hessian
+from keras_eigensam import linalg
+
+MODES = hessian.HVP_MODES
+
+
+@pytest.fixture
+def float64():
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx("float32")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Quadratic(keras.layers.Layer):
+    """`f(w) = ½ wᵀAw`, returned once per example so a pass-through loss is f."""
+
+    def __init__(self, matrix, **kwargs):
+        super().__init__(**kwargs)
+        self.matrix = np.asarray(matrix)
+
+    def build(self, input_shape):
+        n = self.matrix.shape[0]
+        self.w = self.add_weight(shape=(n,), initializer="random_normal", name="w")
+
+    def call(self, x):
+        a = keras.ops.convert_to_tensor(self.matrix, dtype=self.w.dtype)
+        value = 0.5 * keras.ops.sum(self.w * keras.ops.matmul(a, self.w))
+        return keras.ops.zeros_like(x[:, :1]) + value
+
+
+def pass_through(y_true, y_pred):
+    return y_pred
+
+
+def quadratic_model(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal((n, n))
+    a = (b + b.T) / 2
+    model = keras.Sequential([keras.Input((1,)), Quadratic(a)])
+    data = (np.zeros((4, 1)), np.zeros((4, 1)))
+    return model, a, data
+
+
+def mlp(activation="tanh", batchnorm=False, dropout=0.0, seed=0):
+    """A 6-16-8-3 classifier (275 weights, 307 with BatchNormalization)."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((6,)), keras.layers.Dense(16, activation=activation)]
+    if batchnorm:
+        layers.append(keras.layers.BatchNormalization())
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    layers += [
+        keras.layers.Dense(8, activation=activation, kernel_regularizer=keras.regularizers.L2(1e-2)),
+        keras.layers.Dense(3),
+    ]
+    model = keras.Sequential(layers)
+    if batchnorm:
+        # Moving statistics far from (0, 1), so inference mode matters.
+        bn = next(l for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+        rng = np.random.default_rng(seed + 1)
+        bn.moving_mean.assign(rng.normal(size=16))
+        bn.moving_variance.assign(rng.uniform(0.3, 2.0, size=16))
+    return model
+
+
+def classification_data(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(keras.config.floatx())
+    y = rng.integers(0, 3, size=(n,))
+    return x, y
+
+
+LOSS = "sparse_categorical_crossentropy"
+
+
+def full_hessian(model, x, y, training=False):
+    """The full Hessian of mean cross-entropy + model.losses, by jacobian."""
+    variables = model.trainable_variables
+    flat = tf.concat([tf.reshape(v.value, [-1]) for v in variables], 0)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as outer:
+        outer.watch(flat)
+        with tf.GradientTape() as inner:
+            inner.watch(flat)
+            values, offset = [], 0
+            for v in variables:
+                size = int(np.prod(v.shape))
+                values.append(tf.reshape(flat[offset : offset + size], v.shape))
+                offset += size
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                loss = loss_fn(y, model(x, training=training))
+                loss = loss + sum(model.losses)
+        grad = inner.gradient(loss, flat)
+    return outer.jacobian(grad, flat).numpy()
+
+
+def flatten(vectors):
+    return np.concatenate([np.asarray(v).reshape(-1) for v in vectors])
+
+
+def unflatten(flat, variables):
+    out, offset = [], 0
+    for v in variables:
+        size = int(np.prod(v.shape))
+        out.append(tf.constant(flat[offset : offset + size].reshape(v.shape), dtype=v.dtype))
+        offset += size
+    return out
+
+
+def random_vectors(variables, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.standard_normal(v.shape), dtype=v.dtype) for v in variables]
+
+
+def logits_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+# ------------------------------------------------------ 1. quadratic form
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_matvec_of_quadratic_form_is_a_times_v(float64, mode):
+    model, a, data = quadratic_model()
+    op = hessian.HessianOperator(model, pass_through, data, hvp_mode=mode)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        v = rng.standard_normal(a.shape[0])
+        (hv,) = op.matvec([v])
+        np.testing.assert_allclose(hv.numpy(), a @ v, rtol=1e-12, atol=1e-12)
+    eigvals, eigvecs = op.top_eigenpairs(k=3, method="lanczos", seed=0)
+    np.testing.assert_allclose(eigvals, np.linalg.eigvalsh(a)[::-1][:3], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(op.trace(num_samples=1, seed=0), np.trace(a), rtol=2.0)
+
+
+def test_functional_hvp_on_plain_tf_variable_and_persistent_tape(float64):
+    a = np.array([[2.0, 1.0], [1.0, 3.0]])
+    w = tf.Variable([0.5, -1.0], dtype=tf.float64)
+    loss_fn = lambda: 0.5 * tf.tensordot(w, tf.linalg.matvec(a, w), 1)  # noqa: E731
+    v = [tf.constant([1.0, 2.0], tf.float64)]
+    expected = a @ np.array([1.0, 2.0])
+    for mode in MODES:
+        np.testing.assert_allclose(hessian.hvp(loss_fn, [w], v, mode)[0], expected, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(hessian.make_hvp(loss_fn, [w], mode)(v)[0], expected, rtol=1e-12, atol=0)
+
+
+# ----------------------------------------- 2. small networks vs numpy.eigh
+
+
+@pytest.mark.parametrize(
+    "activation,batchnorm", [("tanh", False), ("relu", True)], ids=["tanh", "relu_bn"]
+)
+def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, batchnorm):
+    model = mlp(activation, batchnorm)
+    x, y = classification_data()
+    h = full_hessian(model, x, y)
+    np.testing.assert_allclose(h, h.T, rtol=0, atol=1e-10)
+    evals, evecs = np.linalg.eigh(h)
+    op = hessian.HessianOperator(model, logits_loss(), (x, y), training=False)
+    assert op.num_parameters == h.shape[0]
+
+    # The operator is the Hessian: one product against the dense matrix.
+    v = np.random.default_rng(0).standard_normal(h.shape[0])
+    np.testing.assert_allclose(flatten(op.matvec(unflatten(v, model.trainable_variables))), h @ v, rtol=1e-9, atol=1e-10)
+
+    # Power iteration: the eigenvalue of largest magnitude.
+    top = np.argmax(np.abs(evals))
+    lam, (vec,) = op.top_eigenpairs(k=1, method="power", max_iterations=300, tol=1e-6, seed=0)
+    np.testing.assert_allclose(lam[0], evals[top], rtol=1e-3, atol=0)
+    np.testing.assert_allclose(float(linalg.global_norm(vec)), 1.0, rtol=1e-10, atol=0)
+    magnitudes = np.sort(np.abs(evals))[::-1]
+    if magnitudes[1] / magnitudes[0] < 0.95:  # the gap allows a vector check
+        assert abs(flatten(vec) @ evecs[:, top]) >= 0.999
+
+    # Lanczos: the five largest eigenvalues.
+    lams, vecs = op.top_eigenpairs(k=5, method="lanczos", num_steps=40, seed=0)
+    np.testing.assert_allclose(lams, evals[::-1][:5], rtol=1e-3, atol=0)
+    assert abs(flatten(vecs[0]) @ evecs[:, -1]) >= 0.999
+    for u in vecs:  # Rayleigh quotients are the returned eigenvalues
+        np.testing.assert_allclose(float(linalg.global_norm(u)), 1.0, rtol=1e-10, atol=0)
+
+    # Hutchinson: within 5 % at 200 probes (seed 0), and within 4 standard
+    # errors of the Rademacher estimator.
+    trace = op.trace(num_samples=200, seed=0)
+    exact = np.trace(h)
+    std_err = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / 200)
+    np.testing.assert_allclose(trace, exact, rtol=0.05, atol=0)
+    assert abs(trace - exact) <= 4 * std_err
+
+    # Density: integrates to 1, and its distribution matches the eigenvalues'
+    # (broadened by the same sigma) in Kolmogorov-Smirnov distance.
+    grid, density = op.density(num_steps=50, num_probes=4, seed=0)
+    np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, rtol=1e-9, atol=0)
+    assert np.all(density >= 0)
+    assert grid[0] <= evals[0] and grid[-1] >= evals[-1]
+    sigma = (grid[-1] - grid[0]) / (1 + 10 * 0.01) * 0.01
+    cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(grid))])
+    exact_cdf = np.array([np.mean([0.5 * (1 + erf((t - lam_i) / (sigma * sqrt(2)))) for lam_i in evals]) for t in grid[::16]])
+    assert np.max(np.abs(cdf[::16] - exact_cdf)) < 0.1
+
+
+def test_dataset_hvp_is_the_hessian_of_the_mean_loss(float64):
+    """Batches of 7 and 5 examples give the Hessian of the 12-example mean."""
+    model = mlp("tanh")
+    x, y = classification_data(12)
+    single = hessian.HessianOperator(model, logits_loss(), (x, y))
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)
+    batched = hessian.HessianOperator(model, logits_loss(), dataset)
+    assert batched.num_examples == 12
+    v = random_vectors(model.trainable_variables)
+    np.testing.assert_allclose(flatten(batched.matvec(v)), flatten(single.matvec(v)), rtol=1e-10, atol=1e-12)
+    # Sample weights scale the data term; the L2 term (2 · 1e-2 on one
+    # kernel) is not weighted. Keras rounds the L2 factor to float32, hence
+    # the atol.
+    weighted = hessian.HessianOperator(model, logits_loss(), (x, y, 3 * np.ones(12)))
+    reg = [tf.zeros_like(t) for t in v]
+    reg[2] = 2e-2 * v[2]
+    expected = 3 * (flatten(single.matvec(v)) - flatten(reg)) + flatten(reg)
+    np.testing.assert_allclose(flatten(weighted.matvec(v)), expected, rtol=1e-10, atol=1e-8)
+
+
+# -------------------------------------------- 3. modes agree, under XLA
+
+
+def inference_loss_fn(model, x, y, training=False):
+    """A zero-argument loss as a train step would write it for `hvp`."""
+    variables = model.trainable_variables
+    loss = logits_loss()
+
+    def loss_fn():
+        mapping = [(v, v.value) for v in variables]
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            return loss(y, model(x, training=training)) + keras.ops.sum(model.losses)
+
+    return loss_fn
+
+
+@pytest.mark.parametrize(
+    "activation,batchnorm,dropout,training",
+    [
+        ("tanh", False, 0.0, False),
+        ("relu", True, 0.0, False),
+        ("tanh", True, 0.0, True),
+        ("relu", True, 0.3, True),
+    ],
+    ids=["tanh", "relu_bn", "tanh_bn_training", "relu_bn_dropout_training"],
+)
+def test_modes_agree_on_every_model(activation, batchnorm, dropout, training):
+    model = mlp(activation, batchnorm, dropout)
+    x, y = classification_data()
+    loss_fn = inference_loss_fn(model, x, y, training)
+    v = random_vectors(model.trainable_variables)
+    results = [
+        flatten(hessian.hvp(loss_fn, model.trainable_variables, v, mode)) for mode in MODES
+    ]
+    scale = np.max(np.abs(results[0]))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_modes_agree_on_quadratic_form():
+    model, _, (x, y) = quadratic_model()
+    variables = model.trainable_variables
+    loss_fn = lambda: keras.ops.mean(model(x))  # noqa: E731
+    v = random_vectors(variables)
+    fob, ror = (flatten(hessian.hvp(loss_fn, variables, v, mode)) for mode in MODES)
+    np.testing.assert_allclose(ror, fob, rtol=1e-5, atol=1e-6)
+
+
+def test_hvp_compiles_with_xla():
+    model = mlp("tanh", batchnorm=True)
+    x, y = classification_data()
+    variables = model.trainable_variables
+    loss_fn = inference_loss_fn(model, x, y)
+    v = random_vectors(variables)
+    reference = flatten(hessian.hvp(loss_fn, variables, v, "forward_over_backward"))
+    tolerance = dict(rtol=1e-5, atol=1e-5 * np.max(np.abs(reference)))
+    for mode in MODES:
+        compiled = tf.function(
+            lambda v, mode=mode: hessian.hvp(loss_fn, variables, v, mode), jit_compile=True
+        )
+        np.testing.assert_allclose(flatten(compiled(v)), reference, **tolerance)
+    # Two products from one recorded pass (persistent tape), under XLA.
+    persistent = tf.function(
+        lambda v: [hessian.make_hvp(loss_fn, variables)(u) for u in (v, linalg.scale(v, 2.0))],
+        jit_compile=True,
+    )
+    once, twice = persistent(v)
+    np.testing.assert_allclose(flatten(once), reference, **tolerance)
+    np.testing.assert_allclose(flatten(twice), 2 * reference, **tolerance)
+    op = hessian.HessianOperator(model, logits_loss(), (x, y), jit_compile=True)
+    np.testing.assert_allclose(flatten(op.matvec(v)), reference, **tolerance)
+
+
+def test_power_iteration_matches_numpy_under_xla(float64):
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    a = (q * np.array([5.0, -3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.0])) @ q.T
+    matvec = lambda v: [tf.linalg.matvec(tf.constant(a), v[0])]  # noqa: E731
+    start = rng.standard_normal(8)
+    v0 = [tf.constant(start)]
+
+    # NumPy reference: 12 products, the last one spent on the Rayleigh
+    # quotient of the returned vector.
+    ref = start / np.linalg.norm(start)
+    for _ in range(11):
+        ref = a @ ref / np.linalg.norm(a @ ref)
+    fixed = tf.function(lambda v: hessian.power_iteration(matvec, v, 12), jit_compile=True)
+    lam, vec = fixed(v0)
+    np.testing.assert_allclose(vec[0], ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lam, ref @ a @ ref, rtol=1e-10, atol=0)
+
+    calls = []
+
+    def counting(v):
+        calls.append(1)
+        return matvec(v)
+
+    hessian.power_iteration(counting, v0, 7)
+    assert len(calls) == 7  # tol=None: exactly num_iterations products
+
+    tolerant = tf.function(lambda v: hessian._power_iteration(matvec, v, 500, 1e-8), jit_compile=True)
+    lam, vec, info = tolerant(v0)
+    np.testing.assert_allclose(lam, 5.0, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(abs(float(tf.tensordot(vec[0], q[:, 0], 1))), 1.0, rtol=0, atol=1e-6)
+    assert 10 < int(info["iterations"]) < 500  # stopped early, on the rule
+    assert float(info["residual"]) < 1e-8 and float(info["change"]) < 1e-8
+
+
+# ------------------------------------------------ 4. MirroredStrategy
+
+
+def test_mirrored_strategy_matches_one_device(mirrored_strategy):
+    x, y = classification_data(13)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)  # 7 + 6
+    single = mlp("tanh", batchnorm=True)
+    with mirrored_strategy.scope():
+        mirrored = mlp("tanh", batchnorm=True)
+    mirrored.set_weights(single.get_weights())
+    op_single = hessian.HessianOperator(single, logits_loss(), dataset)
+    op_mirrored = hessian.HessianOperator(mirrored, logits_loss(), dataset)
+
+    v = random_vectors(single.trainable_variables)
+    np.testing.assert_allclose(flatten(op_mirrored.matvec(v)), flatten(op_single.matvec(v)), rtol=1e-5, atol=1e-6)
+    lam_single, _ = op_single.top_eigenpairs(k=1, method="lanczos", num_steps=12, seed=0)
+    lam_mirrored, _ = op_mirrored.top_eigenpairs(k=1, method="lanczos", num_steps=12, seed=0)
+    np.testing.assert_allclose(lam_mirrored, lam_single, rtol=1e-5, atol=0)
+
+
+def test_power_iteration_inside_replica_context(mirrored_strategy):
+    """The train-step use: per-replica HVPs, all-reduced, unrolled iterations."""
+    x, y = classification_data(8)
+    with mirrored_strategy.scope():
+        model = mlp("tanh")
+    variables = model.trainable_variables
+    loss = logits_loss()
+    v0 = random_vectors(variables)
+
+    def replica_fn(v0):
+        context = tf.distribute.get_replica_context()
+        shard = 4 * context.replica_id_in_sync_group
+        xs = tf.gather(x, tf.range(shard, shard + 4))
+        ys = tf.gather(y, tf.range(shard, shard + 4))
+
+        def loss_fn():
+            mapping = [(v, v.value) for v in variables]
+            with keras.StatelessScope(state_mapping=mapping):
+                # Keras losses divide by the replica count in a replica
+                # context; undo it to get this shard's mean loss.
+                data_loss = loss(ys, model(xs)) * distribute.num_replicas_in_sync()
+                return data_loss + keras.ops.sum(model.losses)
+
+        def matvec(v):
+            return distribute.all_reduce_mean(hessian.hvp(loss_fn, variables, v))
+
+        return hessian.power_iteration(matvec, v0, num_iterations=3)
+
+    lam, _ = tf.function(lambda v0: mirrored_strategy.run(replica_fn, args=(v0,)))(v0)
+    lams = [float(t) for t in mirrored_strategy.experimental_local_results(lam)]
+    single = mlp("tanh")
+    single.set_weights(model.get_weights())
+    op = hessian.HessianOperator(single, loss, (x, y))
+    expected, _ = hessian.power_iteration(op.matvec, v0, num_iterations=3)
+    np.testing.assert_allclose(lams, [float(expected)] * 2, rtol=1e-5, atol=0)
+
+
+# --------------------------------------------- 5. the model is untouched
+
+
+def test_model_state_and_mode_are_unchanged():
+    model = mlp("relu", batchnorm=True, dropout=0.3)
+    x, y = classification_data()
+    before = [np.array(v) for v in model.variables]
+    trainable = [layer.trainable for layer in model.layers]
+    op = hessian.HessianOperator(model, logits_loss(), (x, y), training=True)
+    v = random_vectors(model.trainable_variables)
+    hv = flatten(op.matvec(v))
+    # Dropout masks come from the unchanged seed state: the same operator at
+    # every product.
+    np.testing.assert_allclose(flatten(op.matvec(v)), hv, rtol=1e-6, atol=1e-7)
+    op.top_eigenpairs(k=1, max_iterations=3, tol=None, seed=0)
+    op.trace(num_samples=2, seed=0)
+    op.density(num_steps=3, num_probes=1, seed=0)
+    inference = hessian.HessianOperator(model, logits_loss(), (x, y), training=False)
+    assert not np.allclose(flatten(inference.matvec(v)), hv, rtol=1e-3)
+    for old, new in zip(before, model.variables):
+        np.testing.assert_array_equal(old, np.array(new))
+    assert [layer.trainable for layer in model.layers] == trainable
+    assert model.trainable
+
+
+# ------------------------------------------------------- 6. bad input
+
+
+@pytest.fixture
+def small_op():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    data = (np.ones((4, 3), "float32"), np.zeros((4,), "int32"))
+    return hessian.HessianOperator(model, logits_loss(), data)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda op: op.top_eigenpairs(k=0), ValueError, "`k` must be an integer >= 1. Received: k=0"),
+        (lambda op: op.top_eigenpairs(k=9), ValueError, r"`k` must be at most .*Received: k=9"),
+        (lambda op: op.top_eigenpairs(k=3, method="lanczos", num_steps=2), ValueError, "num_steps=2, k=3"),
+        (lambda op: op.top_eigenpairs(method="arnoldi"), ValueError, "method='arnoldi'"),
+        (lambda op: op.top_eigenpairs(tol=-1.0), ValueError, "`tol`"),
+        (lambda op: op.matvec([np.ones((3, 2))]), ValueError, "`vectors` must be a list of 2 tensors"),
+        (lambda op: op.matvec([np.ones((2, 3)), np.ones(2)]), ValueError, r"`vectors\[0\]` must have the shape"),
+        (lambda op: op.matvec(np.ones(8)), ValueError, "`vectors` must be a list"),
+        (lambda op: op.top_eigenpairs(initial=[np.ones(3)]), ValueError, "`initial`"),
+        (lambda op: op.trace(num_samples=0), ValueError, "num_samples=0"),
+        (lambda op: op.density(num_steps=0), ValueError, "num_steps=0"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument(small_op, call, error, match):
+    with pytest.raises(error, match=match):
+        call(small_op)
+
+
+def test_bad_constructor_arguments_raise_naming_the_argument():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    data = (np.ones((4, 3), "float32"), np.zeros((4,), "int32"))
+    with pytest.raises(ValueError, match="hvp_mode='exact'"):
+        hessian.HessianOperator(model, LOSS, data, hvp_mode="exact")
+    with pytest.raises(TypeError, match="`training` must be a bool"):
+        hessian.HessianOperator(model, LOSS, data, training="yes")
+    with pytest.raises(TypeError, match="`loss`"):
+        hessian.HessianOperator(model, 3, data)
+    with pytest.raises(TypeError, match="`model`"):
+        hessian.HessianOperator("resnet", LOSS, data)
+    empty = tf.data.Dataset.from_tensor_slices(data).batch(2).take(0)
+    with pytest.raises(ValueError, match="`data` must contain at least one batch"):
+        hessian.HessianOperator(model, LOSS, empty)
+    with pytest.raises(ValueError, match="needs targets"):
+        hessian.HessianOperator(model, LOSS, [(data[0], None)])
+    with pytest.raises(TypeError, match="`data`"):
+        hessian.HessianOperator(model, LOSS, data[0])
+    model.trainable = False
+    with pytest.raises(ValueError, match="`model` has no trainable weights"):
+        hessian.HessianOperator(model, LOSS, data)
+
+
+def test_bad_functional_arguments_raise_naming_the_argument():
+    w = tf.Variable([1.0, 2.0])
+    loss_fn = lambda: tf.reduce_sum(w**2)  # noqa: E731
+    with pytest.raises(ValueError, match="mode='exact'"):
+        hessian.hvp(loss_fn, [w], [tf.ones(2)], mode="exact")
+    with pytest.raises(ValueError, match=r"`vectors\[0\]` must have the shape"):
+        hessian.hvp(loss_fn, [w], [tf.ones(3)])
+    with pytest.raises(ValueError, match="one tensor per variable"):
+        hessian.hvp(loss_fn, [w], [tf.ones(2), tf.ones(2)])
+    with pytest.raises(ValueError, match="scalar loss"):
+        hessian.hvp(lambda: w**2, [w], [tf.ones(2)])
+    with pytest.raises(ValueError, match="num_iterations=0"):
+        hessian.power_iteration(lambda v: v, [tf.ones(2)], 0)
+    with pytest.raises(ValueError, match="`tol`"):
+        hessian.power_iteration(lambda v: v, [tf.ones(2)], 3, tol=0.0)
