@@ -10,6 +10,15 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from keras_eigensam import architectures
 from keras_eigensam import data
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":  # pragma: no cover
+    raise ImportError(
+        "keras_eigensam needs Keras's TensorFlow backend; Keras is using "
+        f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before "
+        "importing keras."
+    )
+
 from keras_eigensam import linalg
 from keras_eigensam.methods import ASAM
 from keras_eigensam.methods import SAM
