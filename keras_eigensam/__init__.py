@@ -19,6 +19,7 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover
         "importing keras."
     )
 
+from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam.methods import ASAM
 from keras_eigensam.methods import SAM
@@ -42,5 +43,6 @@ __all__ = [
     "XSAM",
     "architectures",
     "data",
+    "hessian",
     "linalg",
 ]
