@@ -62,9 +62,18 @@ def hvp(loss_fn, variables, vectors, mode="forward_over_backward"):
 
     `loss_fn` must read `variables` themselves. A Keras variable read through
     a `keras.StatelessScope` that maps it to another tensor is not connected
-    to the variable, so map each variable to `variable.value` if the loss
-    needs a stateless scope (as `HessianOperator` does to discard
-    BatchNormalization updates).
+    to the variable (its products come out as zeros), and in a scope without
+    a mapping Keras cannot compute weight regularisers (`model.losses` fails
+    on the unmapped variable). To discard state writes such as
+    BatchNormalization updates, as `HessianOperator` does, map each variable
+    to its own value:
+
+    ```python
+    def loss_fn():
+        mapping = [(v, v.value) for v in model.trainable_variables]
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            return loss(y, model(x, training=False)) + keras.ops.sum(model.losses)
+    ```
 
     Args:
         loss_fn: Zero-argument callable returning the scalar loss computed
@@ -420,7 +429,10 @@ class HessianOperator:
     shard's statistics, as it does in a distributed training step.
 
     Eigenvalues come back as NumPy arrays, eigenvectors as lists of tensors
-    shaped like `model.trainable_variables`, with unit global norm.
+    shaped like `model.trainable_variables`, with unit global norm. The
+    attributes `num_parameters`, `num_examples` and `num_hvps` (products
+    computed so far) help to budget a computation; `loss_value()` gives
+    `L(w)` itself.
 
     Args:
         model: A built Keras model (or layer) with trainable weights. An
@@ -449,6 +461,7 @@ class HessianOperator:
             batches or a batch without targets or examples, `hvp_mode` is
             unknown, or, under a strategy, a batch has fewer examples than
             replicas.
+        RuntimeError: if created inside `strategy.run` (use `hvp` there).
 
     Example:
 
@@ -1085,6 +1098,7 @@ def _read_batches(data):
                 f"sample_weight)`. Received: batch {index} of type "
                 f"{type(raw).__name__}"
                 + (f" with {len(raw)} elements" if isinstance(raw, (tuple, list)) else "")
+                + ". Pass a single batch as a tuple, not a list."
             )
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(raw))
         if y is None:

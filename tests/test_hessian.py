@@ -69,7 +69,9 @@ def mlp(activation="tanh", batchnorm=False, dropout=0.0, seed=0):
     if dropout:
         layers.append(keras.layers.Dropout(dropout))
     layers += [
-        keras.layers.Dense(8, activation=activation, kernel_regularizer=keras.regularizers.L2(1e-2)),
+        keras.layers.Dense(
+            8, activation=activation, kernel_regularizer=keras.regularizers.L2(1e-2)
+        ),
         keras.layers.Dense(3),
     ]
     model = keras.Sequential(layers)
@@ -159,8 +161,10 @@ def test_functional_hvp_on_plain_tf_variable_and_persistent_tape(float64):
     v = [tf.constant([1.0, 2.0], tf.float64)]
     expected = a @ np.array([1.0, 2.0])
     for mode in MODES:
-        np.testing.assert_allclose(hessian.hvp(loss_fn, [w], v, mode)[0], expected, rtol=1e-12, atol=0)
-        np.testing.assert_allclose(hessian.make_hvp(loss_fn, [w], mode)(v)[0], expected, rtol=1e-12, atol=0)
+        once = hessian.hvp(loss_fn, [w], v, mode)[0]
+        reused = hessian.make_hvp(loss_fn, [w], mode)(v)[0]
+        np.testing.assert_allclose(once, expected, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(reused, expected, rtol=1e-12, atol=0)
 
 
 # ----------------------------------------- 2. small networks vs numpy.eigh
@@ -180,7 +184,8 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
 
     # The operator is the Hessian: one product against the dense matrix.
     v = np.random.default_rng(0).standard_normal(h.shape[0])
-    np.testing.assert_allclose(flatten(op.matvec(unflatten(v, model.trainable_variables))), h @ v, rtol=1e-9, atol=1e-10)
+    hv = flatten(op.matvec(unflatten(v, model.trainable_variables)))
+    np.testing.assert_allclose(hv, h @ v, rtol=1e-9, atol=1e-10)
 
     # Power iteration: the eigenvalue of largest magnitude.
     top = np.argmax(np.abs(evals))
@@ -199,7 +204,8 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
         np.testing.assert_allclose(float(linalg.global_norm(u)), 1.0, rtol=1e-10, atol=0)
 
     # Hutchinson: within 5 % at 200 probes (seed 0), and within 4 standard
-    # errors of the Rademacher estimator.
+    # errors of the Rademacher estimator. That standard error is itself
+    # 4.7 % of the trace for both models, so 5 % does not hold for every seed.
     trace = op.trace(num_samples=200, seed=0)
     exact = np.trace(h)
     std_err = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / 200)
@@ -208,14 +214,15 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
 
     # Density: integrates to 1, and its distribution matches the eigenvalues'
     # (broadened by the same sigma) in Kolmogorov-Smirnov distance.
-    grid, density = op.density(num_steps=50, num_probes=4, seed=0)
+    sigma = 0.01 * (evals[-1] - evals[0])
+    grid, density = op.density(num_steps=50, num_probes=4, sigma=sigma, seed=0)
     np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, rtol=1e-9, atol=0)
     assert np.all(density >= 0)
     assert grid[0] <= evals[0] and grid[-1] >= evals[-1]
-    sigma = (grid[-1] - grid[0]) / (1 + 10 * 0.01) * 0.01
     cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(grid))])
-    exact_cdf = np.array([np.mean([0.5 * (1 + erf((t - lam_i) / (sigma * sqrt(2)))) for lam_i in evals]) for t in grid[::16]])
-    assert np.max(np.abs(cdf[::16] - exact_cdf)) < 0.1
+    normal_cdf = np.vectorize(lambda t: 0.5 * (1 + erf(t / sqrt(2))))
+    exact_cdf = normal_cdf((grid[:, None] - evals[None, :]) / sigma).mean(axis=1)
+    assert np.max(np.abs(cdf - exact_cdf)) < 0.05
 
 
 def test_dataset_hvp_is_the_hessian_of_the_mean_loss(float64):
@@ -226,8 +233,12 @@ def test_dataset_hvp_is_the_hessian_of_the_mean_loss(float64):
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)
     batched = hessian.HessianOperator(model, logits_loss(), dataset)
     assert batched.num_examples == 12
+    keras_loss = float(logits_loss()(y, model(x))) + float(sum(model.losses))
+    np.testing.assert_allclose(batched.loss_value(), keras_loss, rtol=1e-10, atol=0)
     v = random_vectors(model.trainable_variables)
-    np.testing.assert_allclose(flatten(batched.matvec(v)), flatten(single.matvec(v)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        flatten(batched.matvec(v)), flatten(single.matvec(v)), rtol=1e-10, atol=1e-12
+    )
     # Sample weights scale the data term; the L2 term (2 · 1e-2 on one
     # kernel) is not weighted. Keras rounds the L2 factor to float32, hence
     # the atol.
@@ -238,11 +249,39 @@ def test_dataset_hvp_is_the_hessian_of_the_mean_loss(float64):
     np.testing.assert_allclose(flatten(weighted.matvec(v)), expected, rtol=1e-10, atol=1e-8)
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"),
+        keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"
+        ),
+    ],
+    ids=["sum_over_batch_size", "sum", "mean_with_sample_weight"],
+)
+def test_batch_loss_is_reduced_like_keras(loss):
+    """Outside a replica context the operator's loss is Keras's own."""
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.standard_normal((5, 3)), tf.float32)
+    labels = tf.constant([0, 2, 1, 1, 0])
+    weights = tf.constant([1.0, 0.5, 0.0, 2.0, 1.0])
+    for sample_weight in (None, weights):
+        np.testing.assert_allclose(
+            hessian._mean_loss(loss, labels, logits, sample_weight),
+            loss(labels, logits, sample_weight=sample_weight),
+            rtol=1e-6,
+            atol=0,
+        )
+
+
 # -------------------------------------------- 3. modes agree, under XLA
 
 
-def inference_loss_fn(model, x, y, training=False):
-    """A zero-argument loss as a train step would write it for `hvp`."""
+def model_loss_fn(model, x, y, training=False):
+    """A zero-argument loss as a train step would write it for `hvp`: the
+    trainable variables map to their own values, so the tapes see them and
+    weight regularisers find a value; every state write is discarded."""
     variables = model.trainable_variables
     loss = logits_loss()
 
@@ -267,7 +306,7 @@ def inference_loss_fn(model, x, y, training=False):
 def test_modes_agree_on_every_model(activation, batchnorm, dropout, training):
     model = mlp(activation, batchnorm, dropout)
     x, y = classification_data()
-    loss_fn = inference_loss_fn(model, x, y, training)
+    loss_fn = model_loss_fn(model, x, y, training)
     v = random_vectors(model.trainable_variables)
     results = [
         flatten(hessian.hvp(loss_fn, model.trainable_variables, v, mode)) for mode in MODES
@@ -289,7 +328,7 @@ def test_hvp_compiles_with_xla():
     model = mlp("tanh", batchnorm=True)
     x, y = classification_data()
     variables = model.trainable_variables
-    loss_fn = inference_loss_fn(model, x, y)
+    loss_fn = model_loss_fn(model, x, y)
     v = random_vectors(variables)
     reference = flatten(hessian.hvp(loss_fn, variables, v, "forward_over_backward"))
     tolerance = dict(rtol=1e-5, atol=1e-5 * np.max(np.abs(reference)))
@@ -337,7 +376,9 @@ def test_power_iteration_matches_numpy_under_xla(float64):
     hessian.power_iteration(counting, v0, 7)
     assert len(calls) == 7  # tol=None: exactly num_iterations products
 
-    tolerant = tf.function(lambda v: hessian._power_iteration(matvec, v, 500, 1e-8), jit_compile=True)
+    tolerant = tf.function(
+        lambda v: hessian._power_iteration(matvec, v, 500, 1e-8), jit_compile=True
+    )
     lam, vec, info = tolerant(v0)
     np.testing.assert_allclose(lam, 5.0, rtol=1e-8, atol=0)
     np.testing.assert_allclose(abs(float(tf.tensordot(vec[0], q[:, 0], 1))), 1.0, rtol=0, atol=1e-6)
@@ -359,7 +400,9 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy):
     op_mirrored = hessian.HessianOperator(mirrored, logits_loss(), dataset)
 
     v = random_vectors(single.trainable_variables)
-    np.testing.assert_allclose(flatten(op_mirrored.matvec(v)), flatten(op_single.matvec(v)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        flatten(op_mirrored.matvec(v)), flatten(op_single.matvec(v)), rtol=1e-5, atol=1e-6
+    )
     lam_single, _ = op_single.top_eigenpairs(k=1, method="lanczos", num_steps=12, seed=0)
     lam_mirrored, _ = op_mirrored.top_eigenpairs(k=1, method="lanczos", num_steps=12, seed=0)
     np.testing.assert_allclose(lam_mirrored, lam_single, rtol=1e-5, atol=0)
@@ -440,13 +483,21 @@ def small_op():
 @pytest.mark.parametrize(
     "call,error,match",
     [
-        (lambda op: op.top_eigenpairs(k=0), ValueError, "`k` must be an integer >= 1. Received: k=0"),
+        (lambda op: op.top_eigenpairs(k=0), ValueError, "`k` must be an integer >= 1"),
         (lambda op: op.top_eigenpairs(k=9), ValueError, r"`k` must be at most .*Received: k=9"),
-        (lambda op: op.top_eigenpairs(k=3, method="lanczos", num_steps=2), ValueError, "num_steps=2, k=3"),
+        (
+            lambda op: op.top_eigenpairs(k=3, method="lanczos", num_steps=2),
+            ValueError,
+            "num_steps=2, k=3",
+        ),
         (lambda op: op.top_eigenpairs(method="arnoldi"), ValueError, "method='arnoldi'"),
         (lambda op: op.top_eigenpairs(tol=-1.0), ValueError, "`tol`"),
-        (lambda op: op.matvec([np.ones((3, 2))]), ValueError, "`vectors` must be a list of 2 tensors"),
-        (lambda op: op.matvec([np.ones((2, 3)), np.ones(2)]), ValueError, r"`vectors\[0\]` must have the shape"),
+        (lambda op: op.matvec([np.ones((3, 2))]), ValueError, "`vectors` must be a list of 2"),
+        (
+            lambda op: op.matvec([np.ones((2, 3)), np.ones(2)]),
+            ValueError,
+            r"`vectors\[0\]` must have the shape",
+        ),
         (lambda op: op.matvec(np.ones(8)), ValueError, "`vectors` must be a list"),
         (lambda op: op.top_eigenpairs(initial=[np.ones(3)]), ValueError, "`initial`"),
         (lambda op: op.trace(num_samples=0), ValueError, "num_samples=0"),
