@@ -181,8 +181,13 @@ class SharpnessAwareModel(keras.Model):
 
         # First pass. Its state writes (BatchNormalization statistics, RNG
         # states) are held back and applied only if the step is finite.
+        # Mapping each variable to its own value keeps it differentiable and
+        # lets weight regularisers read it inside the scope.
+        own_values = [(v, v.value) for v in variables]
         with tf.GradientTape() as tape:
-            with keras.StatelessScope(collect_losses=True) as first_pass:
+            with keras.StatelessScope(
+                state_mapping=own_values, collect_losses=True
+            ) as first_pass:
                 y_pred = self._forward(x, training=True)
                 loss = self._loss(x, y, y_pred, sample_weight)
             scaled_loss = self.optimizer.scale_loss(loss)
@@ -283,9 +288,13 @@ class SharpnessAwareModel(keras.Model):
             def replica_fn(x, y, sample_weight, loss_scale):
                 def loss_fn():
                     # Reads the variables themselves (so they can be
-                    # differentiated) and discards any state write, such as
-                    # BatchNormalization statistics in training mode.
-                    with keras.StatelessScope(collect_losses=True):
+                    # differentiated, also by weight regularisers) and
+                    # discards any state write, such as BatchNormalization
+                    # statistics in training mode.
+                    own_values = [(v, v.value) for v in self.trainable_variables]
+                    with keras.StatelessScope(
+                        state_mapping=own_values, collect_losses=True
+                    ):
                         y_pred = self._forward(x, training=training)
                         loss = self._loss(x, y, y_pred, sample_weight)
                     return self.optimizer.scale_loss(loss)

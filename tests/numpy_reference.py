@@ -8,7 +8,8 @@ Weights are a list `[W1, b1, W2, b2]`, the order of `model.trainable_variables`.
 import numpy as np
 
 
-def mlp_loss_and_grad(weights, x, y, sample_weight=None):
+def mlp_loss_and_grad(weights, x, y, sample_weight=None, l2=0.0):
+    """Loss and gradient; `l2` adds Keras's `L2(l2)` penalty on both kernels."""
     w1, b1, w2, b2 = weights
     n, k = y.shape
     s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, float)
@@ -18,7 +19,8 @@ def mlp_loss_and_grad(weights, x, y, sample_weight=None):
     dout = 2.0 * s[:, None] * r / (n * k)
     dh = dout @ w2.T
     dz = dh * (1.0 - h**2)
-    return loss, [x.T @ dz, dz.sum(0), h.T @ dout, dout.sum(0)]
+    loss += l2 * (np.sum(w1**2) + np.sum(w2**2))
+    return loss, [x.T @ dz + 2 * l2 * w1, dz.sum(0), h.T @ dout + 2 * l2 * w2, dout.sum(0)]
 
 
 def norm(vectors):
@@ -38,12 +40,12 @@ def asam_perturbation(grads, weights, rho, eta):
     return [scale * ti * tgi for ti, tgi in zip(t, tg)]
 
 
-def sam_sgd_step(weights, x, y, lr, perturbation, sample_weight=None):
+def sam_sgd_step(weights, x, y, lr, perturbation, sample_weight=None, l2=0.0):
     """One SAM-family step with plain SGD: `w − lr·∇L(w + e(∇L(w), w))`."""
-    _, g = mlp_loss_and_grad(weights, x, y, sample_weight)
+    _, g = mlp_loss_and_grad(weights, x, y, sample_weight, l2)
     e = perturbation(g, weights)
     _, g_sam = mlp_loss_and_grad(
-        [w + ei for w, ei in zip(weights, e)], x, y, sample_weight
+        [w + ei for w, ei in zip(weights, e)], x, y, sample_weight, l2
     )
     return [w - lr * gs for w, gs in zip(weights, g_sam)]
 

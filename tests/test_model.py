@@ -60,6 +60,22 @@ def test_sample_weight_enters_both_passes():
     tiny.assert_weights_close(tiny.weights_of(model), expected)
 
 
+@pytest.mark.parametrize("method", [ks.SAM(rho=0.3), ks.EigenSAM(rho=0.3, alpha=0.0, refresh_every=1)],
+                         ids=["sam", "eigensam-alpha0"])
+def test_weight_regularisers_enter_both_passes(method):
+    """Coupled L2 (a kernel regulariser) is part of the loss that SAM perturbs."""
+    x, y = tiny.data()
+    model = _sam_model(method, net=tiny.mlp(l2=0.05))
+    w0 = tiny.weights_of(model)
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    expected = ref.sam_sgd_step(
+        w0, x, y, 0.1, functools.partial(ref.sam_perturbation, rho=0.3), l2=0.05
+    )
+    tiny.assert_weights_close(tiny.weights_of(model), expected)
+    loss, _ = ref.mlp_loss_and_grad(w0, x, y, l2=0.05)
+    np.testing.assert_allclose(history.history["loss"][0], loss, rtol=1e-5)
+
+
 def test_class_weight_equals_sample_weight():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(12, 5)).astype("float32")

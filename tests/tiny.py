@@ -14,8 +14,9 @@ def data(n=16, d=5, k=3, seed=0):
     return x, y
 
 
-def mlp(d=5, hidden=4, k=3, seed=1):
+def mlp(d=5, hidden=4, k=3, seed=1, l2=0.0):
     """`tanh(x W1 + b1) W2 + b2`, the network of `numpy_reference`."""
+    regularizer = keras.regularizers.L2(l2) if l2 else None
     return keras.Sequential(
         [
             keras.Input((d,)),
@@ -24,11 +25,13 @@ def mlp(d=5, hidden=4, k=3, seed=1):
                 activation="tanh",
                 kernel_initializer=keras.initializers.GlorotNormal(seed),
                 bias_initializer=keras.initializers.RandomNormal(seed=seed + 1),
+                kernel_regularizer=regularizer,
             ),
             keras.layers.Dense(
                 k,
                 kernel_initializer=keras.initializers.GlorotNormal(seed + 2),
                 bias_initializer=keras.initializers.RandomNormal(seed=seed + 3),
+                kernel_regularizer=regularizer,
             ),
         ]
     )
