@@ -289,3 +289,16 @@ def test_non_finite_refresh_keeps_previous_eigenvector():
 def test_bad_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_unbuilt_model_under_mirrored_strategy_builds_state_in_scope(mirrored_strategy):
+    x, y = tiny.data(n=16)
+    with mirrored_strategy.scope():
+        net = keras.Sequential([keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(3)])
+        model = _model(ks.XSAM(refresh_every=2, seed=0), net=net)
+    assert not model.method.state_built
+    history = tiny.fit_steps(model, x, y, 8, 2)
+    assert np.isfinite(history.history["loss"]).all()
+    vector = model.method.eigenvector.vector[0].value
+    assert isinstance(vector, tf.distribute.DistributedValues)
+    assert int(model.method.eigenvector.num_refreshes.numpy()) == 1
