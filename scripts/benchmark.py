@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from benchmark_results import write_results_index  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet18", "Architecture name (keras_eigensam.architectures).")
@@ -273,20 +274,6 @@ def _markdown(result):
                 if "sam" in result["steps"] else ""
             )
     return "\n".join(lines) + "\n"
-
-
-def write_results_index(output_dir):
-    """Rebuilds RESULTS.md from every section file in `output_dir`."""
-    sections = sorted(
-        f for f in os.listdir(output_dir) if f.endswith(".md") and f != "RESULTS.md"
-    )
-    with open(os.path.join(output_dir, "RESULTS.md"), "w") as f:
-        f.write("# Benchmark results\n\nWritten by `scripts/benchmark*.py`; each section "
-                "says how it was measured. Machines here are shared: compare ratios "
-                "measured in one run, not absolute times across sections.\n\n")
-        for name in sections:
-            with open(os.path.join(output_dir, name)) as section:
-                f.write(section.read() + "\n")
 
 
 def main(argv):

@@ -547,3 +547,16 @@ def test_bad_functional_arguments_raise_naming_the_argument():
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 0)
     with pytest.raises(ValueError, match="`tol`"):
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 3, tol=0.0)
+
+
+def test_power_iteration_final_update_moves_the_vector_with_every_product():
+    a = np.diag([3.0, 1.0, 0.5]).astype("float32")
+    v0 = [tf.constant([1.0, 1.0, 1.0])]
+    matvec = lambda v: [tf.linalg.matvec(a, v[0])]  # noqa: E731
+    lam, v = hessian.power_iteration(matvec, v0, num_iterations=1, final_update=True)
+    u = np.ones(3) / np.sqrt(3)
+    np.testing.assert_allclose(float(lam), u @ a @ u, rtol=1e-6)
+    np.testing.assert_allclose(np.array(v[0]), a @ u / np.linalg.norm(a @ u), rtol=1e-6)
+    lam_plain, v_plain = hessian.power_iteration(matvec, v0, num_iterations=1)
+    np.testing.assert_allclose(np.array(v_plain[0]), u, rtol=1e-6)  # no update without it
+    np.testing.assert_allclose(float(lam_plain), float(lam), rtol=1e-6)

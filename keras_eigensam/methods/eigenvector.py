@@ -30,9 +30,11 @@ class EigenvectorTracker:
     schedule is exact with `steps_per_execution > 1`, `jit_compile=True`,
     after a restart and under any strategy. It runs `power_iterations`
     Hessian-vector products on the current global batch (all-reduced over
-    replicas), warm-started from the previous estimate; the Rayleigh quotient
-    of the result is kept as `eigenvalue`. A refresh whose result is not
-    finite keeps the previous estimate.
+    replicas), warm-started from the previous estimate, each of which updates
+    the vector (`v ← Hv/‖Hv‖`, as in the reference code); the Rayleigh quotient
+    of the last vector multiplied is kept as `eigenvalue` (the reference
+    computes none). A refresh whose result is not finite keeps the previous
+    estimate.
 
     Args:
         refresh_every: Steps between refreshes. Defaults to `100`.
@@ -131,7 +133,7 @@ class EigenvectorTracker:
 
         def refresh(matvec):
             eigenvalue, vector = hessian.power_iteration(
-                matvec, self.values(), self.power_iterations
+                matvec, self.values(), self.power_iterations, final_update=True
             )
             ok = ops.logical_and(
                 ops.all(ops.isfinite(eigenvalue)), linalg.all_finite(vector)
