@@ -19,8 +19,10 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover
         "importing keras."
     )
 
+from keras_eigensam import callbacks
 from keras_eigensam import hessian
 from keras_eigensam import linalg
+from keras_eigensam import plotting
 from keras_eigensam.methods import ASAM
 from keras_eigensam.methods import SAM
 from keras_eigensam.methods import EigenSAM
@@ -42,7 +44,9 @@ __all__ = [
     "StepContext",
     "XSAM",
     "architectures",
+    "callbacks",
     "data",
     "hessian",
     "linalg",
+    "plotting",
 ]

@@ -70,12 +70,15 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def _numpy_sharpness(w, x, y, rho, num_samples, seed, ascent_steps, step_size):
+def _numpy_sharpness(
+    w, x, y, rho, num_samples, seed, ascent_steps, step_size, sample_weight=None, l2=0.0
+):
     """The three sharpness notions in float64, written out independently."""
-    base, g = ref.mlp_loss_and_grad(w, x, y)
+    base, g = ref.mlp_loss_and_grad(w, x, y, sample_weight, l2)
 
     def loss_at(e):
-        return ref.mlp_loss_and_grad(ref.unflatten(ref.flatten(w) + e, w), x, y)
+        w_e = ref.unflatten(ref.flatten(w) + e, w)
+        return ref.mlp_loss_and_grad(w_e, x, y, sample_weight, l2)
 
     g = ref.flatten(g)
     e = rho * g / (np.linalg.norm(g) + 1e-12)
@@ -176,6 +179,20 @@ def test_hessian_monitor_every_n_steps_history_and_tensorboard(tmp_path):
     np.testing.assert_allclose(events["hessian_top_eigenvalue"][-1][1], value, rtol=1e-6)
 
 
+def test_hessian_monitor_every_n_steps_with_steps_per_execution():
+    # With steps_per_execution=2 the step jumps by 2 between hooks; the
+    # monitor measures whenever a multiple of every_n_steps was passed.
+    x, y = tiny.data()
+    model = _compiled_mlp()
+    monitor = callbacks.HessianEigenvalueMonitor((x, y), every_n_steps=3, num_steps=5)
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    for step in (2, 4, 6, 8):
+        model.optimizer.iterations.assign(step)
+        monitor.on_train_batch_end(step - 1, {})
+    assert [step for step, _ in monitor.history] == [4, 6]
+
+
 def test_hessian_monitor_saves_density_snapshots(tmp_path):
     x, y = tiny.data()
     model = _compiled_mlp()
@@ -197,13 +214,22 @@ def test_hessian_monitor_saves_density_snapshots(tmp_path):
 # --------------------------------------------------------- SharpnessMonitor
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_sharpness_matches_numpy(split):
+@pytest.mark.parametrize("case", ["one_batch", "two_batches", "sample_weight_and_l2"])
+def test_sharpness_matches_numpy(case):
     x, y, x64, y64 = _data64()
-    model = _compiled_mlp()
     rho, num_samples, steps = 0.1, 4, 3
-    # Several batches give the batch-size-weighted mean over the probe set.
-    data = [(x[:10], y[:10]), (x[10:], y[10:])] if split else (x, y)
+    sample_weight, l2 = None, 0.0
+    if case == "one_batch":
+        data = (x, y)
+    elif case == "two_batches":
+        # The batch-size-weighted mean over the probe set is the full mean.
+        data = [(x[:10], y[:10]), (x[10:], y[10:])]
+    else:
+        # The penalty is evaluated at the perturbed weights too.
+        sample_weight, l2 = np.linspace(0.5, 2.0, len(x)).astype("float32"), 0.01
+        data = (x, y, sample_weight)
+    model = tiny.mlp(l2=l2)
+    model.compile(optimizer="sgd", loss="mse")
     monitor = callbacks.SharpnessMonitor(
         data, rho=rho, num_samples=num_samples, ascent_steps=steps, seed=3
     )
@@ -211,7 +237,8 @@ def test_sharpness_matches_numpy(split):
     logs = {}
     monitor.on_epoch_end(0, logs)
     expected = _numpy_sharpness(
-        tiny.weights_of(model), x64, y64, rho, num_samples, 3, steps, 2.5 * rho / steps
+        tiny.weights_of(model), x64, y64, rho, num_samples, 3, steps, 2.5 * rho / steps,
+        sample_weight=sample_weight, l2=l2,
     )
     assert set(logs) == set(expected)
     for key, value in expected.items():
@@ -327,6 +354,26 @@ def test_alignment_logger_every_n_steps_keeps_that_steps_value():
     np.testing.assert_allclose([v["eigen_alignment"] for _, v in logger.history], [0.5, 0.9])
 
 
+def test_alignment_logger_with_steps_per_execution_logs_execution_means():
+    model = _sam_model()
+    logger = callbacks.EigenAlignmentLogger()
+    logger.set_model(model)
+    logger.on_train_begin()
+    logger.on_epoch_begin(0)
+    values = [0.1, 0.5, 0.3, 0.9]
+    means = _running_means(values)
+    for batch in (1, 3):  # Keras reports the last step of each execution
+        model.optimizer.iterations.assign(batch + 1)
+        logger.on_train_batch_end(
+            batch, {"top_eigenvalue": 1.0, "eigen_alignment": means[batch],
+                    "grad_eigen_cosine": means[batch]},
+        )
+    assert [s for s, _ in logger.history] == [2, 4]
+    np.testing.assert_allclose(
+        [v["eigen_alignment"] for _, v in logger.history], [0.3, 0.6], rtol=1e-12
+    )
+
+
 @pytest.mark.parametrize("kind", ["plain", "sam"])
 def test_alignment_logger_rejects_models_without_the_metrics(kind):
     model = _compiled_mlp() if kind == "plain" else ks.SharpnessAwareModel(tiny.mlp())
@@ -397,7 +444,8 @@ def test_fit_with_all_callbacks(tmp_path, op_determinism):
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=cbs)
     assert [s for s, _ in cbs[0].history] == [12]
     assert [s for s, _ in cbs[2].history] == [9, 10, 11, 12]
-    assert [int(r["step"]) for r in _read_csv(tmp_path / "alignment" / callbacks.ALIGNMENT_CSV)] == [9, 10, 11, 12]
+    rows = _read_csv(tmp_path / "alignment" / callbacks.ALIGNMENT_CSV)
+    assert [int(r["step"]) for r in rows] == [9, 10, 11, 12]
 
 
 def test_keras_tensorboard_sees_monitor_values(tmp_path):
@@ -434,16 +482,16 @@ def test_callbacks_after_the_monitor_see_its_values(tmp_path, monitor_first):
     assert "sharpness_ascent" in model.history.history  # History is always last
 
 
-def test_callbacks_under_mirrored_strategy(mirrored_strategy):
+def test_monitors_under_mirrored_strategy(mirrored_strategy):
     x, y, x64, y64 = _data64()
     with mirrored_strategy.scope():
-        model = _sam_model()
-    hessian_monitor = callbacks.HessianEigenvalueMonitor((x, y), num_steps=30)
-    sharpness = callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2)
-    logger = callbacks.EigenAlignmentLogger()
+        model = _compiled_mlp()
     history = model.fit(
         x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
-        callbacks=[hessian_monitor, sharpness, logger],
+        callbacks=[
+            callbacks.HessianEigenvalueMonitor((x, y), num_steps=30),
+            callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2),
+        ],
     )
     w = tiny.weights_of(model)
     lam, _, _ = ref.top_eigenpair(ref.mlp_hessian(w, x64, y64))
@@ -451,11 +499,21 @@ def test_callbacks_under_mirrored_strategy(mirrored_strategy):
     expected = _numpy_sharpness(w, x64, y64, 0.05, 2, 0, 2, 2.5 * 0.05 / 2)
     for key, value in expected.items():
         np.testing.assert_allclose(history.history[key][0], value, rtol=1e-4, atol=1e-6)
+
+
+def test_alignment_logger_under_mirrored_strategy(mirrored_strategy):
+    x, y = tiny.data()
+    with mirrored_strategy.scope():
+        model = _sam_model()
+    logger = callbacks.EigenAlignmentLogger()
+    history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[logger])
     assert [s for s, _ in logger.history] == [1, 2]
-    np.testing.assert_allclose(
-        np.mean([v["eigen_alignment"] for _, v in logger.history]),
-        history.history["eigen_alignment"][0], rtol=1e-5,
-    )
+    for name in ("eigen_alignment", "grad_eigen_cosine"):
+        np.testing.assert_allclose(
+            np.mean([v[name] for _, v in logger.history]), history.history[name][0], rtol=1e-5
+        )
+    tracked = keras.ops.convert_to_numpy(model.method.eigenvector.eigenvalue)
+    assert logger.history[-1][1]["top_eigenvalue"] == float(tracked)
 
 
 # ---------------------------------------------------------- bad arguments

@@ -79,7 +79,8 @@ def test_plot_curvature_from_histories_and_csv_files(tmp_path):
         _history(epochs, hessian_top_eigenvalue=[5.0, float("nan"), 5.5, 5.2]),
     ]
     out = plotting.plot_curvature(
-        {"SGD": sgd, "SAM": [sam_csv, str(tmp_path / "eigensam" / "alignment.csv")],
+        {"SGD": sgd,
+         "SAM": [sam_csv, _alignment_file(tmp_path / "sam", rng.uniform(0.0, 0.2, size=40))],
          "Eigen-SAM": eigen_sam},
         str(tmp_path / "figures" / "curvature.png"),
         steps_per_epoch=10,
