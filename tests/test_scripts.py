@@ -1,0 +1,315 @@
+"""End-to-end tests of `scripts/train.py` and `scripts/compare.py` as subprocesses.
+
+Every run is tiny (a few steps of the digits MLP, no augmentation). The
+distributed runs use `perturbation_scope=global`, under which a SAM step does
+not depend on the number of replicas, and are compared with one device.
+"""
+
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_eigensam import training
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+COMPARE = os.path.join(REPO, "scripts", "compare.py")
+TINY = ["--epochs=1", "--max_steps_per_epoch=2", "--augment=none"]
+# Two epochs of five steps, perturbing with the all-reduced gradient.
+DISTRIBUTED = [
+    "--method=sam",
+    "--perturbation_scope=global",
+    "--epochs=2",
+    "--max_steps_per_epoch=5",
+    "--augment=none",
+]
+# One device vs two replicas: the gradient all-reduce sums two half-batch
+# means instead of taking one full-batch mean, a float32 rounding difference
+# (~1e-7 relative per step) that ten steps at learning rate 0.1 keep below
+# 1e-6 (measured: 2e-7); 1e-5 leaves a margin and is still far below the
+# effect of any real difference (one changed batch moves weights by ~1e-2).
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def run_script(script, *args, env=None, timeout=300):
+    env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
+
+
+def only_run_dir(output_dir):
+    (name,) = [n for n in os.listdir(output_dir) if not n.startswith(".")]
+    return os.path.join(output_dir, name)
+
+
+def read_results(output_dir):
+    with open(os.path.join(only_run_dir(output_dir), "results.json")) as f:
+        return json.load(f)
+
+
+def read_history(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def weights(run_dir):
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    return [np.array(w) for w in model.weights]
+
+
+def assert_ok(process):
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """The single-device run the distributed runs must agree with."""
+    output_dir = str(tmp_path_factory.mktemp("one_device"))
+    assert_ok(
+        run_script(
+            TRAIN, *DISTRIBUTED, "--strategy=default", f"--output_dir={output_dir}"
+        )
+    )
+    return only_run_dir(output_dir)
+
+
+def assert_same_run(run_dir, reference_dir):
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    reference = json.load(open(os.path.join(reference_dir, "results.json")))
+    assert results["run_name"] == reference["run_name"]
+    for key in ("final_train_loss", "final_test_loss"):
+        np.testing.assert_allclose(results[key], reference[key], rtol=RTOL, err_msg=key)
+    assert results["final_test_accuracy"] == pytest.approx(
+        reference["final_test_accuracy"], abs=1 / 360
+    )
+    for a, b in zip(weights(run_dir), weights(reference_dir)):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------- each method
+
+
+@pytest.mark.parametrize("method", ["sgd", "sam", "asam", "eigensam", "xsam"])
+def test_train_writes_results_for_each_method(method, tmp_path, request):
+    if method == "sam":
+        # The single-device SAM run of the distribution tests.
+        run_dir = request.getfixturevalue("one_device")
+        epochs = 2
+    else:
+        process = run_script(
+            TRAIN, f"--method={method}", *TINY, f"--output_dir={tmp_path}"
+        )
+        assert_ok(process)
+        run_dir = only_run_dir(str(tmp_path))
+        epochs = 1
+        # Keras's per-epoch line (no "Epoch 1/1" header for one epoch), then
+        # the one-line summary.
+        assert re.search(r"^2/2 - .* - loss: ", process.stdout, re.MULTILINE)
+        summary = process.stdout.strip().splitlines()[-1]
+        assert (
+            summary.startswith(f"digits-mlp-{method}-") and "test accuracy" in summary
+        )
+        assert summary.endswith("results.json")
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert set(results) == set(training.RESULT_KEYS)
+    assert results["method"] == method and results["epochs_completed"] == epochs
+    assert 0.0 <= results["final_test_accuracy"] <= 1.0
+    assert np.isfinite(results["final_train_loss"])
+    assert results["num_params"] == 26_122
+    assert set(results["versions"]) >= {
+        "python",
+        "tensorflow",
+        "keras",
+        "keras_eigensam",
+    }
+    assert results["device"]["strategy"] == "OneDeviceStrategy"
+    assert results["metadata"]["flags"]["method"] == method
+    assert os.path.basename(run_dir) == results["run_name"]
+    for name in ("config.json", "history.csv", "model.keras", "backup", "tensorboard"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    if method in ("eigensam", "xsam"):
+        assert results["final_metrics"]["top_eigenvalue"] > 0
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def test_killed_run_resumes_from_its_backup(tmp_path):
+    args = [
+        "--method=eigensam",
+        "--refresh_every=2",
+        "--epochs=3",
+        "--max_steps_per_epoch=3",
+        "--augment=none",
+        f"--output_dir={tmp_path}",
+    ]
+    killed = run_script(TRAIN, *args, "--crash_after_epoch=2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = only_run_dir(str(tmp_path))
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+    with open(os.path.join(run_dir, "backup", "training_metadata.json")) as f:
+        assert json.load(f)["epoch"] == 2
+
+    resumed = run_script(TRAIN, *args)
+    assert_ok(resumed)
+    assert "resuming after epoch 2" in resumed.stdout
+    assert "Epoch 3/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout
+    results = read_results(str(tmp_path))
+    assert (
+        results["initial_epoch"],
+        results["epochs_run"],
+        results["epochs_completed"],
+    ) == (2, 1, 3)
+    rows = read_history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    # The resumed epoch starts from the trained weights, not from new ones.
+    assert float(rows[2]["loss"]) < float(rows[0]["loss"])
+    # (A finished run started again trains nothing: test_training.py.)
+
+
+# ---------------------------------------------------------------- distribution
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path, one_device):
+    process = run_script(
+        TRAIN,
+        *DISTRIBUTED,
+        "--strategy=mirrored",
+        "--logical_cpus=2",
+        f"--output_dir={tmp_path}",
+    )
+    assert_ok(process)
+    run_dir = only_run_dir(str(tmp_path))
+    results = read_results(str(tmp_path))
+    assert results["device"]["strategy"] == "MirroredStrategy"
+    assert results["device"]["num_replicas"] == 2
+    assert_same_run(run_dir, one_device)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_match_one_device(tmp_path, one_device):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
+    workers = []
+    for index in range(2):
+        env = dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        )
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    TRAIN,
+                    *DISTRIBUTED,
+                    "--strategy=multi_worker",
+                    f"--output_dir={tmp_path}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+                env=env,
+            )
+        )
+    try:
+        outputs = [worker.communicate(timeout=300) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, out[-2000:] + err[-3000:]
+    run_dir = only_run_dir(str(tmp_path))
+    results = read_results(str(tmp_path))
+    assert results["device"]["strategy"] == "CollectiveAllReduceStrategy"
+    assert (results["device"]["num_replicas"], results["device"]["num_workers"]) == (
+        2,
+        2,
+    )
+    # The chief wrote the run directory; worker 1 only its backup.
+    assert sorted(os.listdir(os.path.join(run_dir, "workers"))) == ["worker1"]
+    assert os.listdir(os.path.join(run_dir, "workers", "worker1")) == ["backup"]
+    assert_same_run(run_dir, one_device)
+
+
+# ---------------------------------------------------------------- bad flags
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (
+            ["--dataset=imagenet"],
+            "flag --dataset=imagenet: value should be one of <digits|",
+        ),
+        (["--rho=-0.1"], "flag --rho=-0.1: -0.1 is not a non-negative number"),
+        (
+            ["--strategy=mirrored", "--logical_cpus=2", "--batch_size=63"],
+            "must be divisible by the number of replicas (2): pass a multiple of 2",
+        ),
+        (
+            ["--dataset=cifar10", "--data_dir={tmp}"],
+            "run `tfds build cifar10 --data_dir=DIR`",
+        ),
+    ],
+)
+def test_bad_flags_exit_with_one_line(args, phrase, tmp_path):
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    args = [a.replace("{tmp}", str(data_dir)) for a in args]
+    process = run_script(TRAIN, *args, f"--output_dir={tmp_path / 'runs'}", timeout=120)
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr
+    # TensorFlow's start-up log lines may come first; the answer is one line.
+    lines = [line for line in process.stderr.splitlines() if phrase in line]
+    assert len(lines) == 1, process.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "runs") or not os.listdir(tmp_path / "runs")
+
+
+# ---------------------------------------------------------------- compare.py
+
+
+def test_compare_writes_a_table(tmp_path):
+    process = run_script(
+        COMPARE,
+        "--methods=sgd,sam",
+        "--seeds=0",
+        "--epochs=1",
+        f"--output_dir={tmp_path}",
+    )
+    assert_ok(process)
+    compare_dir = only_run_dir(str(tmp_path))
+    assert os.path.basename(compare_dir).startswith("compare-digits-mlp-sgd_sam-")
+    table = process.stdout[process.stdout.index("| method |") :].splitlines()
+    assert table[2].startswith("| sgd | – |")
+    assert table[3].startswith("| sam | 0.05 |")
+    with open(os.path.join(compare_dir, "comparison.json")) as f:
+        comparison = json.load(f)
+    assert [row["method"] for row in comparison["rows"]] == ["sgd", "sam"]
+    assert open(os.path.join(compare_dir, "comparison.md")).read().count("\n| s") == 2
+    assert len([n for n in os.listdir(compare_dir) if n.startswith("digits-")]) == 2
