@@ -209,12 +209,13 @@ class SharpnessAwareModel(keras.Model):
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
         )
-        # `raw = loss_scale / num_replicas · ∇(this replica's mean loss)`.
-        loss_scale = tf.cast(self.optimizer.scale_loss(1.0), "float32")
+        # `raw = loss_scale / num_replicas · ∇(this replica's mean loss)`;
+        # `loss_scale` is the Python number 1.0 without loss scaling.
+        loss_scale = self.optimizer.scale_loss(1.0)
         if self.perturbation_scope == "global":
-            grads = linalg.scale(distribute.all_reduce_sum(raw_grads), 1.0 / loss_scale)
+            grads = _scaled(distribute.all_reduce_sum(raw_grads), 1.0 / loss_scale)
         else:
-            grads = linalg.scale(raw_grads, num_replicas / loss_scale)
+            grads = _scaled(raw_grads, num_replicas / loss_scale)
         context = StepContext(
             step=self.optimizer.iterations,
             variables=variables,
@@ -247,12 +248,12 @@ class SharpnessAwareModel(keras.Model):
         )
         if self.method.modifies_descent_gradient:
             if self.perturbation_scope == "global":
-                true_descent = linalg.scale(
+                true_descent = _scaled(
                     distribute.all_reduce_sum(descent), 1.0 / loss_scale
                 )
             else:
-                true_descent = linalg.scale(descent, num_replicas / loss_scale)
-            descent = linalg.scale(
+                true_descent = _scaled(descent, num_replicas / loss_scale)
+            descent = _scaled(
                 self.method.descent_gradient(context, true_descent),
                 loss_scale / num_replicas,
             )
@@ -307,7 +308,7 @@ class SharpnessAwareModel(keras.Model):
                     # Each replica's loss carries a 1/num_replicas factor, so
                     # the sum over replicas is the global-batch Hessian.
                     products = distribute.all_reduce_sum(local_matvec(vectors))
-                    return linalg.scale(products, 1.0 / loss_scale)
+                    return _scaled(products, 1.0 / loss_scale)
 
                 fn(matvec)
 
@@ -346,6 +347,13 @@ class SharpnessAwareModel(keras.Model):
                     config[key], custom_objects=custom_objects
                 )
         return cls(**config)
+
+
+def _scaled(xs, factor):
+    """`factor · xs`, skipping the pass over the weights when factor is 1."""
+    if isinstance(factor, (int, float)) and factor == 1.0:
+        return xs
+    return linalg.scale(xs, factor)
 
 
 def _dense(grads):

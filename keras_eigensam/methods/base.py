@@ -20,6 +20,7 @@ mirrored across replicas when the model is built under a strategy.
 
 import keras
 
+from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.methods.eigenvector import METRIC_NAMES
 
@@ -52,6 +53,20 @@ class StepContext:
         self.weights = weights
         self.grads = grads
         self.with_hessian = with_hessian
+        self._memo = {}
+
+    @property
+    def grad_norm(self):
+        """`‖grads‖`, computed once per step (every rule needs it)."""
+        return self.memo("grad_norm", lambda: linalg.global_norm(self.grads))
+
+    def memo(self, key, compute):
+        """`compute()` the first time `key` is asked for in this step, then
+        the same tensor: lets the perturbation and the metrics share inner
+        products over all weights instead of recomputing them."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
 
 class SharpnessMethod(keras.layers.Layer):
@@ -136,7 +151,17 @@ class SharpnessMethod(keras.layers.Layer):
         """Returns a dict of scalar tensors named as in `metric_names`."""
         if self.eigenvector is None:
             return {}
-        return self.eigenvector.step_metrics(context, perturbation)
+        return self.eigenvector.step_metrics(context, perturbation, self)
+
+    def eigen_alignment(self, grad_cosine):
+        """`cos(e, v)` as a function of `cos(g, v)`, if the rule gives one.
+
+        Methods whose perturbation lies in the span of `g` and `v` override
+        this so the metric costs no pass over the weights; `None` means
+        compute the cosine from the perturbation itself.
+        """
+        del grad_cosine
+        return None
 
     def get_config(self):
         config = super().get_config()

@@ -9,19 +9,37 @@ from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.eigenvector import EigenvectorTracker
 
 
-def eigen_sam_perturbation(grads, eigenvector, rho, alpha):
+def eigen_sam_perturbation(grads, eigenvector, rho, alpha, grad_norm=None, cosine=None):
     """Eigen-SAM's perturbation `e = ρ (ĝ + α·sign(<g, v>)·v⊥)`.
 
     `v⊥ = v − <ĝ, v> ĝ` is the part of the unit eigenvector `v` orthogonal to
     the gradient. The sign makes the rule independent of `v`'s arbitrary
     sign. The direction is not renormalised (as in the reference code), so
-    `‖e‖ = ρ·sqrt(1 + α²(1 − cos²(g, v)))`.
+    `‖e‖ = ρ·sqrt(1 + α²(1 − cos²(g, v)))`. It is computed as the equal
+    combination `e = ρ(1 − α s c)/‖g‖ · g + ρ α s · v` (`c = <ĝ, v>`,
+    `s = sign(c)`), one pass over the weights instead of four.
+
+    `grad_norm` (`‖g‖`) and `cosine` (`c`) may be passed when already known.
     """
-    g_hat, _ = linalg.normalize(grads)
-    g_dot_v = linalg.inner(g_hat, eigenvector)
-    v_perp = linalg.add_scaled(eigenvector, g_hat, -g_dot_v)
-    direction = linalg.add_scaled(g_hat, v_perp, alpha * ops.sign(g_dot_v))
-    return linalg.scale(direction, rho)
+    if grad_norm is None:
+        grad_norm = linalg.global_norm(grads)
+    if cosine is None:
+        cosine = linalg.inner(grads, eigenvector) / (grad_norm + linalg.EPSILON)
+    sign = ops.sign(cosine)
+    grad_coefficient = rho * (1.0 - alpha * sign * cosine) / (grad_norm + linalg.EPSILON)
+    return [
+        ops.add(ops.multiply(g, grad_coefficient), ops.multiply(v, rho * alpha * sign))
+        for g, v in zip(grads, eigenvector)
+    ]
+
+
+def eigen_sam_alignment(cosine, alpha):
+    """`cos(e, v)` of Eigen-SAM's perturbation given `c = cos(g, v)`."""
+    sign = ops.sign(cosine)
+    off_gradient = 1.0 - ops.square(cosine)
+    return (cosine + alpha * sign * off_gradient) / ops.sqrt(
+        1.0 + alpha**2 * off_gradient
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_eigensam")
@@ -107,8 +125,16 @@ class EigenSAM(SharpnessMethod):
 
     def perturbation(self, context):
         return eigen_sam_perturbation(
-            context.grads, self.eigenvector.values(), self.rho, self.alpha
+            context.grads,
+            self.eigenvector.values(),
+            self.rho,
+            self.alpha,
+            grad_norm=context.grad_norm,
+            cosine=self.eigenvector.grad_cosine(context),
         )
+
+    def eigen_alignment(self, grad_cosine):
+        return eigen_sam_alignment(grad_cosine, self.alpha)
 
     def get_config(self):
         config = super().get_config()

@@ -147,15 +147,27 @@ class EigenvectorTracker:
             due, refresh, training=self.hessian_training, mode=self.hvp_mode
         )
 
-    def step_metrics(self, context, perturbation):
+    def grad_cosine(self, context):
+        """Signed `cos(g, v)` for this step (one pass over the weights)."""
+        return context.memo(
+            "grad_eigen_cosine",
+            lambda: linalg.inner(context.grads, self.values())
+            / (context.grad_norm + linalg.EPSILON),
+        )
+
+    def step_metrics(self, context, perturbation, method):
         """`top_eigenvalue`, `eigen_alignment`, `grad_eigen_cosine`.
 
         Both cosines are absolute values, since the sign of an eigenvector is
-        arbitrary.
+        arbitrary. `method.eigen_alignment` gives `cos(e, v)` from `cos(g, v)`
+        where the rule allows, so the metrics add one inner product per step.
         """
-        vector = self.values()
+        grad_cosine = self.grad_cosine(context)
+        alignment = method.eigen_alignment(grad_cosine)
+        if alignment is None:
+            alignment = linalg.cosine(perturbation, self.values())
         return {
             "top_eigenvalue": self.eigenvalue.value,
-            "eigen_alignment": ops.abs(linalg.cosine(perturbation, vector)),
-            "grad_eigen_cosine": ops.abs(linalg.cosine(context.grads, vector)),
+            "eigen_alignment": ops.abs(alignment),
+            "grad_eigen_cosine": ops.abs(grad_cosine),
         }

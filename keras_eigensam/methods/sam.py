@@ -7,9 +7,11 @@ from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.eigenvector import EigenvectorTracker
 
 
-def sam_perturbation(grads, rho):
+def sam_perturbation(grads, rho, grad_norm=None):
     """SAM's ascent step `e = ρ · g / (‖g‖ + 1e-12)`."""
-    return linalg.scale(grads, rho / (linalg.global_norm(grads) + linalg.EPSILON))
+    if grad_norm is None:
+        grad_norm = linalg.global_norm(grads)
+    return linalg.scale(grads, rho / (grad_norm + linalg.EPSILON))
 
 
 @keras.saving.register_keras_serializable(package="keras_eigensam")
@@ -84,7 +86,10 @@ class SAM(SharpnessMethod):
         super().__init__(rho=rho, eigenvector=eigenvector, **kwargs)
 
     def perturbation(self, context):
-        return sam_perturbation(context.grads, self.rho)
+        return sam_perturbation(context.grads, self.rho, context.grad_norm)
+
+    def eigen_alignment(self, grad_cosine):
+        return grad_cosine  # e ∥ g
 
     def get_config(self):
         config = super().get_config()

@@ -116,7 +116,10 @@ class XSAM(SharpnessMethod):
         )
 
     def perturbation(self, context):
-        return sam_perturbation(context.grads, self.rho)
+        return sam_perturbation(context.grads, self.rho, context.grad_norm)
+
+    def eigen_alignment(self, grad_cosine):
+        return grad_cosine  # SAM's perturbation: e ∥ g
 
     def descent_gradient(self, context, perturbed_grads):
         return x_sam_descent(
