@@ -1328,12 +1328,13 @@ def compare(configs, *, strategy=None, metadata=None, progress=None):
         first_runs = {
             method: next(iter(runs.values())) for method, runs in by_method.items()
         }
-        curvature_plot = plot_curvature_of_runs(
+        plot_name = plot_curvature_of_runs(
             {method: r["run_dir"] for method, r in first_runs.items()},
             os.path.join(configs[0].output_dir, CURVATURE_PLOT),
             next(iter(first_runs.values()))["steps_per_epoch"],
             title=f"{configs[0].dataset}, {configs[0].model}: seed {configs[0].seed}",
         )
+        curvature_plot = os.path.join(configs[0].output_dir, plot_name)
     rows = []
     for method, runs in by_method.items():
         results = list(runs.values())

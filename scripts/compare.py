@@ -134,7 +134,7 @@ def main(argv):
         sys.exit(f"compare.py: error: {e}")
     table = training.comparison_markdown(comparison)
     if comparison["curvature_plot"]:
-        table += f"\nCurvature: ![curvature]({comparison['curvature_plot']})\n"
+        table += f"\nCurvature: ![curvature]({os.path.basename(comparison['curvature_plot'])})\n"
     with open(os.path.join(compare_dir, "comparison.md"), "w") as f:
         f.write(f"# {name}\n\n{table}")
     training.write_json(os.path.join(compare_dir, "comparison.json"), comparison)
