@@ -89,49 +89,10 @@ def _batch_size(x):
 
 def _probe_batches(data):
     """Reads `data` once into a list of `(x, y)` / `(x, y, sample_weight)`."""
-    if isinstance(data, tuple):
-        raw = [data]
-    elif isinstance(data, (list, tf.data.Dataset)):
-        raw = list(data)
-    else:
-        raise TypeError(
-            "`data` must be one batch `(x, y)` or `(x, y, sample_weight)` (a "
-            "tuple), a list of such batches or a batched `tf.data.Dataset`. "
-            f"Received: data of type {type(data).__name__}"
-        )
-    batches = []
-    for index, batch in enumerate(raw):
-        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-            raise ValueError(
-                "Every batch of `data` must be `(x, y)` or `(x, y, "
-                f"sample_weight)`. Received: batch {index} of type "
-                f"{type(batch).__name__}"
-                + (f" with {len(batch)} elements" if isinstance(batch, (tuple, list)) else "")
-            )
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(batch))
-        if y is None:
-            raise ValueError(
-                f"Every batch of `data` needs targets `y`. Received: batch {index} "
-                "with y=None"
-            )
-        if _batch_size(x) == 0:
-            raise ValueError(
-                "`data` must not be empty: every batch needs at least one "
-                f"example. Received: batch {index} of `data` with 0 examples"
-            )
-        batch = (
-            tf.nest.map_structure(tf.convert_to_tensor, x),
-            tf.nest.map_structure(tf.convert_to_tensor, y),
-        )
-        if sample_weight is not None:
-            batch += (tf.convert_to_tensor(sample_weight),)
-        batches.append(batch)
-    if not batches:
-        raise ValueError(
-            "`data` must not be empty: the probe set needs at least one batch. "
-            f"Received: data={data!r} with 0 batches"
-        )
-    return batches
+    return [
+        (b["x"], b["y"]) + ((b["sample_weight"],) if "sample_weight" in b else ())
+        for b in hessian.read_batches(data)
+    ]
 
 
 class _FunctionLoss(keras.losses.Loss):

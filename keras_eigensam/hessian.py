@@ -513,7 +513,7 @@ class HessianOperator:
                 "the result."
             )
         self.model = model
-        self._batches = _read_batches(data)
+        self._batches = read_batches(data)
         if tf.distribute.has_strategy():
             self._strategy = tf.distribute.get_strategy()
         else:
@@ -1081,8 +1081,18 @@ def _batch_size(x):
     return int(tf.nest.flatten(x)[0].shape[0])
 
 
-def _read_batches(data):
-    """Reads `data` once into a list of `{"x", "y"[, "sample_weight"]}` dicts."""
+def read_batches(data):
+    """Reads probe `data` once into a list of `{"x", "y"[, "sample_weight"]}`.
+
+    `data` is one batch `(x, y)` / `(x, y, sample_weight)` (a tuple), or a
+    `tf.data.Dataset` or iterable of such batches; the curvature callbacks
+    read their probe sets with it too.
+
+    Raises:
+        TypeError: if `data` is none of these.
+        ValueError: if a batch is malformed, has no targets or no examples,
+            or there is no batch.
+    """
     if isinstance(data, tf.distribute.DistributedDataset):
         raise TypeError(
             "`data` must not be distributed already: pass the undistributed "
@@ -1125,14 +1135,14 @@ def _read_batches(data):
             batch["sample_weight"] = tf.convert_to_tensor(sample_weight)
         if _batch_size(batch["x"]) == 0:
             raise ValueError(
-                f"Every batch of `data` must have examples. Received: batch "
-                f"{index} with 0 examples"
+                "`data` must not be empty: every batch needs at least one "
+                f"example. Received: batch {index} of `data` with 0 examples"
             )
         batches.append(batch)
     if not batches:
         raise ValueError(
-            "`data` must contain at least one batch. Received: an empty "
-            f"{type(data).__name__}"
+            "`data` must not be empty: it must contain at least one batch. "
+            f"Received: a {type(data).__name__} with 0 batches"
         )
     return batches
 

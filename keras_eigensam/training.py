@@ -1182,7 +1182,7 @@ def device_info(strategy):
         "num_workers": num_workers,
         "devices": _replica_devices(strategy),
         "gpus": gpu_names,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
     }
@@ -1199,7 +1199,8 @@ def _replica_devices(strategy):
         return [devices[0].name]
 
 
-def _cpu_name():
+def cpu_name():
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -21,7 +21,6 @@ Results go to `<output_dir>/steps.json` and `<output_dir>/steps.md`, and
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -58,19 +57,9 @@ flags.DEFINE_enum("worker", None, ["tf_keras"], "Internal: run as a worker proce
 
 
 def _versions():
-    import keras
-    import tensorflow as tf
+    from keras_eigensam import training
 
-    import keras_eigensam
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_eigensam": keras_eigensam.__version__,
-        "device": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {len(tf.config.list_physical_devices('GPU'))} GPUs",
-    }
+    return {**training.versions(), "device": training.cpu_name()}
 
 
 def _batch():

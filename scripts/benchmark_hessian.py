@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 from keras_eigensam import architectures  # noqa: E402
 from keras_eigensam import hessian  # noqa: E402
 from keras_eigensam import linalg  # noqa: E402
+from keras_eigensam import training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "cnn6", "resnet18"], "Architecture.")
@@ -64,17 +65,6 @@ def _peak_memory(function, v):
         return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
     except (ValueError, RuntimeError):
         return None
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_functions(model, x, y, iterations, jit_compile):
@@ -183,7 +173,7 @@ def run_benchmark():
             "keras": keras.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
-            "cpu": _cpu_name(),
+            "cpu": training.cpu_name(),
             "cpu_count": os.cpu_count(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
