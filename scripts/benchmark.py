@@ -17,6 +17,7 @@ Results go to `<output_dir>/steps.json` and `<output_dir>/steps.md`, and
 
     python scripts/benchmark.py --model=resnet18 --batch_size=128
     python scripts/benchmark.py --model=small_cnn --rounds=2 --steps_per_round=2
+    python scripts/benchmark.py --suites=steps,hvp,eigenvector   # everything
 """
 
 import json
@@ -53,7 +54,14 @@ flags.DEFINE_enum(
 flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_boolean("tf_keras", True, "Also time tf_keras's SAM in a subprocess.")
 flags.DEFINE_string("output_dir", "benchmarks", "Where results are written.")
+flags.DEFINE_list(
+    "suites", ["steps"],
+    "What to run: steps (this script's step times), hvp (scripts/benchmark_hessian.py "
+    "with its defaults), eigenvector (scripts/benchmark_eigenvector.py).",
+)
 flags.DEFINE_enum("worker", None, ["tf_keras"], "Internal: run as a worker process.")
+
+_OTHER_SUITES = {"hvp": "benchmark_hessian.py", "eigenvector": "benchmark_eigenvector.py"}
 
 
 def _versions():
@@ -120,12 +128,29 @@ def _variants(method):
     return [(method, None)]
 
 
-def _interleaved(builders, x, y):
+def _peak_step_memory_mb(model, x, y, iteration):
+    """Peak of TensorFlow's CPU allocator during one step, above its level
+    before the step (activations, gradients, perturbed copies, HVP buffers)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        _time(model, x, y, 1, iteration)
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    except (ValueError, RuntimeError):  # no allocator statistics on this device
+        return None
+    return (peak - before) / 2**20
+
+
+def _interleaved(builders, x, y, memory=None):
     models = {}
     for method in FLAGS.methods:
         models[method] = builders(method)
-        for _, iteration in _variants(method):
+        for label, iteration in _variants(method):
             _time(models[method], x, y, FLAGS.warmup, iteration)
+            if memory is not None:
+                memory[label] = _peak_step_memory_mb(models[method], x, y, iteration)
     samples = {label: [] for m in FLAGS.methods for label, _ in _variants(m)}
     for _ in range(FLAGS.rounds):
         for method in FLAGS.methods:
@@ -186,7 +211,7 @@ def _run_tf_keras():
     return {"error": " | ".join(tail)}
 
 
-def _summary(samples):
+def _summary(samples, memory=None):
     medians = {label: statistics.median(times) for label, times in samples.items()}
     sgd = medians.get("sgd")
     rows = {}
@@ -195,6 +220,7 @@ def _summary(samples):
             "median_s": median,
             "n": len(samples[label]),
             "ratio_to_sgd": median / sgd if sgd else None,
+            "peak_step_memory_mb": (memory or {}).get(label),
         }
     return rows
 
@@ -229,11 +255,18 @@ def _markdown(result):
         f"(refresh steps: 1 per round). One SGD step ≈ one gradient.",
         f"Versions: {result['versions']}",
         "",
-        "| step | median (s) | steps | × SGD |",
-        "|---|---|---|---|",
+        "Peak memory: TensorFlow's CPU allocator during one step above its level before the "
+        "step (activations, gradients, perturbed copies, HVP buffers; weights excluded).",
+        "",
+        "| step | median (s) | steps | × SGD | peak step memory (MB) |",
+        "|---|---|---|---|---|",
     ]
     for label, row in result["steps"].items():
-        lines.append(f"| {label} | {row['median_s']:.3f} | {row['n']} | {row['ratio_to_sgd']:.2f} |")
+        memory = row.get("peak_step_memory_mb")
+        memory = "n/a" if memory is None else f"{memory:.1f}"
+        lines.append(
+            f"| {label} | {row['median_s']:.3f} | {row['n']} | {row['ratio_to_sgd']:.2f} | {memory} |"
+        )
     if result["amortised"]:
         lines += [
             "",
@@ -270,12 +303,25 @@ def main(argv):
     if FLAGS.worker == "tf_keras":
         _tf_keras_worker()
         return
+    unknown_suites = set(FLAGS.suites) - {"steps", *_OTHER_SUITES}
+    if unknown_suites:
+        sys.exit(f"--suites takes steps, hvp, eigenvector; got {FLAGS.suites}")
+    for suite in FLAGS.suites:
+        if suite in _OTHER_SUITES:
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), _OTHER_SUITES[suite])
+            subprocess.run(
+                [sys.executable, script, f"--output_dir={FLAGS.output_dir}"], check=True
+            )
+    if "steps" not in FLAGS.suites:
+        write_results_index(FLAGS.output_dir)
+        return
     unknown = set(FLAGS.methods) - {"sgd", "sam", "asam", "eigensam", "xsam"}
     if unknown or "sgd" not in FLAGS.methods:
         sys.exit(f"--methods must include sgd and name only sgd, sam, asam, eigensam, xsam; got {FLAGS.methods}")
     x, y = _batch()
-    samples = _interleaved(_build, x, y)
-    steps = _summary(samples)
+    memory = {}
+    samples = _interleaved(_build, x, y, memory)
+    steps = _summary(samples, memory)
     result = {
         "model": FLAGS.model,
         "batch_size": FLAGS.batch_size,
