@@ -74,15 +74,6 @@ _EVERY_EPOCH = _DefaultInt(1)
 # Helpers shared by the callbacks.
 
 
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a bool. Received: {name}={value!r} "
-            f"(of type {type(value).__name__})"
-        )
-    return value
-
-
 def _batch_size(x):
     return int(tf.nest.flatten(x)[0].shape[0])
 
@@ -390,10 +381,10 @@ class HessianEigenvalueMonitor(keras.callbacks.Callback):
             every_n_epochs, every_n_steps
         )
         self.top_k = validation.check_int("top_k", top_k, minimum=1)
-        self.trace = _check_bool("trace", trace)
-        self.density = _check_bool("density", density)
-        self.training = _check_bool("training", training)
-        self.plot_density = _check_bool("plot_density", plot_density)
+        self.trace = validation.check_bool("trace", trace)
+        self.density = validation.check_bool("density", density)
+        self.training = validation.check_bool("training", training)
+        self.plot_density = validation.check_bool("plot_density", plot_density)
         self.method = validation.check_choice("method", method, hessian.EIGEN_METHODS)
         self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, hessian.HVP_MODES)
         if num_steps is not None:

@@ -230,12 +230,12 @@ def load(
             f"num_replicas={num_replicas}"
         )
     seed = validation.check_int("seed", seed, minimum=0)
-    _check_bool("training", training)
-    _check_bool("cache", cache)
+    validation.check_bool("training", training)
+    validation.check_bool("cache", cache)
     validation.check_choice("augment", augment, AUGMENTATIONS)
     if drop_remainder is None:
         drop_remainder = training
-    _check_bool("drop_remainder", drop_remainder)
+    validation.check_bool("drop_remainder", drop_remainder)
     spec = _SPECS[name]
     if augment in ("cutout", "randaugment") and len(spec.input_shape) != 3:
         raise ValueError(
@@ -283,13 +283,6 @@ def load(
 
 # ---------------------------------------------------------------------------
 # Reading.
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be True or False. Received: {name}={value!r}"
-        )
 
 
 def _missing_extra(package, purpose):

@@ -503,8 +503,8 @@ class HessianOperator:
                 "`model` must be a Keras model or layer. Received: "
                 f"model={model!r} (of type {type(model).__name__})"
             )
-        self.training = _check_bool("training", training)
-        self.jit_compile = _check_bool("jit_compile", jit_compile)
+        self.training = validation.check_bool("training", training)
+        self.jit_compile = validation.check_bool("jit_compile", jit_compile)
         self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
         if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
             raise RuntimeError(
@@ -984,15 +984,6 @@ class HessianOperator:
 def _tridiagonal_eigh(alpha, beta):
     matrix = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
     return np.linalg.eigh(matrix)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a bool. Received: {name}={value!r} "
-            f"(of type {type(value).__name__})"
-        )
-    return value
 
 
 def _get_loss(loss, variables):

@@ -53,6 +53,16 @@ def check_int(name, value, *, minimum=None):
     return value
 
 
+def check_bool(name, value):
+    """Returns `value` after checking it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be a bool. Received: {name}={value!r} "
+            f"(of type {type(value).__name__})"
+        )
+    return value
+
+
 def check_choice(name, value, choices):
     """Returns `value` after checking it is one of `choices`."""
     if value not in choices:

@@ -64,12 +64,9 @@ class EigenvectorTracker:
         self.power_iterations = validation.check_int(
             "power_iterations", power_iterations, minimum=1
         )
-        if not isinstance(hessian_training, bool):
-            raise TypeError(
-                "`hessian_training` must be a bool. Received: "
-                f"hessian_training={hessian_training!r}"
-            )
-        self.hessian_training = hessian_training
+        self.hessian_training = validation.check_bool(
+            "hessian_training", hessian_training
+        )
         self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
         if seed is not None:
             seed = validation.check_int("seed", seed)
