@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_eigensam import distribute
+from keras_eigensam.backend import distribute
 from keras_eigensam import linalg
 from keras_eigensam import validation
 

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_eigensam import distribute
+from keras_eigensam.backend import distribute
 from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam import validation

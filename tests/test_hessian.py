@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_eigensam import distribute
+from keras_eigensam.backend import distribute
 from keras_eigensam import hessian
 from keras_eigensam import linalg
 
