@@ -48,7 +48,7 @@ from tensorflow.core.framework import summary_pb2
 from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam import validation
-from keras_eigensam.methods.eigenvector import METRIC_NAMES
+from keras_eigensam.methods.eigenvector_tracker import METRIC_NAMES
 
 #: The sharpness notions `SharpnessMonitor` can measure.
 SHARPNESS_MEASURES = ("ascent", "average", "worst_case")
@@ -1049,7 +1049,7 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
 
 
 def _tracked_eigenvalue(model):
-    tracker = getattr(getattr(model, "method", None), "eigenvector", None)
+    tracker = getattr(getattr(model, "method", None), "tracker", None)
     variable = getattr(tracker, "eigenvalue", None)
     if variable is None:
         return None

@@ -1,17 +1,32 @@
 """`SharpnessAwareModel`: a `keras.Model` whose `train_step` is a SAM-family update."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from keras_eigensam.backend import distribute
 from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam import validation
+from keras_eigensam.backend import distribute
+from keras_eigensam.backend import gradients
 from keras_eigensam.methods.base import SharpnessMethod
-from keras_eigensam.methods.base import StepContext
+from keras_eigensam.methods.context import StepContext
+from keras_eigensam.methods.context import gather_examples
 from keras_eigensam.methods.sam import SAM
 
 PERTURBATION_SCOPES = ("replica", "global")
+
+#: Layers whose parameters count as normalisation parameters (SAM-ON).
+NORMALIZATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        "UnitNormalization",
+    )
+    if hasattr(keras.layers, name)
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_eigensam")
@@ -126,6 +141,14 @@ class SharpnessAwareModel(keras.Model):
 
     def _build_method_state(self):
         """Creates the method's (and optimizer's) state once weights exist."""
+        owner = getattr(self.method, "_owner_id", None)
+        if owner is not None and owner != id(self):
+            raise ValueError(
+                f"The method {self.method.name!r} already belongs to another "
+                "model: a method object holds its model's state (shaped after "
+                "its weights), so it cannot serve two models. Create one "
+                "method object per model."
+            )
         if self.method.state_built:
             return
         variables = self.trainable_variables
@@ -137,6 +160,7 @@ class SharpnessAwareModel(keras.Model):
                 f"with {len(self.weights)} weights, none trainable."
             )
         self.method.build_state([tuple(v.shape) for v in variables])
+        self.method._owner_id = id(self)
 
     def _post_build(self):
         # Keras calls this once the model's own weights exist (after `build`
@@ -168,6 +192,34 @@ class SharpnessAwareModel(keras.Model):
         own = {id(v) for v in self.method.variables}
         return [v for v in self.non_trainable_variables if id(v) not in own]
 
+    def _normalization_flags(self, variables):
+        """Per trainable variable: does it belong to a normalisation layer?"""
+        owners = {}
+        for layer in self._flatten_layers(include_self=False, recursive=True):
+            for variable in layer._trainable_variables:
+                owners[id(variable)] = layer
+        return [
+            isinstance(owners.get(id(v)), NORMALIZATION_LAYERS) for v in variables
+        ]
+
+    def _check_compiled_setup(self):
+        accumulation = getattr(
+            _inner_optimizer(self.optimizer), "gradient_accumulation_steps", None
+        )
+        if (
+            accumulation
+            and accumulation > 1
+            and not self.method.supports_gradient_accumulation
+        ):
+            raise ValueError(
+                f"{type(self.method).__name__}'s descent rule is not linear in "
+                "the gradient, so with gradient accumulation it would be "
+                "applied per micro-batch instead of to the averaged gradient. "
+                "Received: an optimizer with "
+                f"gradient_accumulation_steps={accumulation}; use a larger "
+                "batch instead."
+            )
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not (self._weights_exist() and self.optimizer.built):
@@ -175,130 +227,138 @@ class SharpnessAwareModel(keras.Model):
             # the first step; build here, as Keras does under a strategy.
             self._symbolic_build(data_batch=data)
         self._build_method_state()
+        self._check_compiled_setup()
         num_replicas = distribute.num_replicas_in_sync()
         variables = self.trainable_variables
         state_variables = self._state_variables()
+        # `loss_scale` is the Python number 1.0 without loss scaling; every
+        # raw gradient is `loss_scale / num_replicas · ∇(replica mean loss)`
+        # since Keras divides each replica's loss by the replica count.
+        loss_scale = self.optimizer.scale_loss(1.0)
+        to_true_scale = num_replicas / loss_scale
 
         # First pass. Its state writes (BatchNormalization statistics, RNG
         # states) are held back and applied only if the step is finite.
         # Mapping each variable to its own value keeps it differentiable and
         # lets weight regularisers read it inside the scope.
-        own_values = [(v, v.value) for v in variables]
-        with tf.GradientTape() as tape:
+        def first_pass():
+            own_values = [(v, v.value) for v in variables]
             with keras.StatelessScope(
                 state_mapping=own_values, collect_losses=True
-            ) as first_pass:
+            ) as scope:
                 y_pred = self._forward(x, training=True)
                 loss = self._loss(x, y, y_pred, sample_weight)
-            scaled_loss = self.optimizer.scale_loss(loss)
+            return self.optimizer.scale_loss(loss), (loss, y_pred, scope)
+
+        _, (loss, y_pred, first_scope), raw_grads = gradients.value_and_gradient(
+            first_pass, variables
+        )
         state_updates = [
-            (v, first_pass.get_current_value(v))
+            (v, first_scope.get_current_value(v))
             for v in state_variables
-            if first_pass.get_current_value(v) is not None
+            if first_scope.get_current_value(v) is not None
         ]
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        # Keras divides each replica's loss by the replica count.
-        self._loss_tracker.update_state(
-            loss * num_replicas, sample_weight=batch_size
-        )
         weights = [v.value for v in variables]
-        raw_grads = _dense(
-            tape.gradient(
-                scaled_loss,
-                variables,
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-        )
-        # `raw = loss_scale / num_replicas · ∇(this replica's mean loss)`;
-        # `loss_scale` is the Python number 1.0 without loss scaling.
-        loss_scale = self.optimizer.scale_loss(1.0)
         if self.perturbation_scope == "global":
             grads = _scaled(distribute.all_reduce_sum(raw_grads), 1.0 / loss_scale)
         else:
-            grads = _scaled(raw_grads, num_replicas / loss_scale)
+            grads = _scaled(raw_grads, to_true_scale)
+        true_loss = ops.cast(loss, "float32") * num_replicas
+
+        def gradient_at(perturbation, examples):
+            xs, ys, weights_ = x, y, sample_weight
+            if examples is not None:
+                xs, ys, weights_ = (
+                    gather_examples(t, examples) for t in (x, y, sample_weight)
+                )
+            perturbed = linalg.add(weights, perturbation)
+
+            # Second pass, on perturbed values: it writes no variable, and
+            # reads the state from before the first pass, so dropout replays
+            # its masks.
+            def second_pass():
+                with keras.StatelessScope(
+                    state_mapping=list(zip(variables, perturbed)),
+                    collect_losses=True,
+                ):
+                    y_pred_ = self._forward(xs, training=True)
+                    loss_ = self._loss(xs, ys, y_pred_, weights_)
+                return self.optimizer.scale_loss(loss_), loss_
+
+            _, loss_, raw = gradients.value_and_gradient(
+                second_pass, perturbed, watch=True
+            )
+            # A finite gradient of a non-finite loss must not be applied.
+            poison = ops.where(
+                ops.isfinite(ops.cast(loss_, "float32")), 1.0, float("nan")
+            )
+            return _scaled(raw, to_true_scale * poison)
+
         context = StepContext(
             step=self.optimizer.iterations,
+            loss=true_loss,
             variables=variables,
             weights=weights,
             grads=grads,
-            with_hessian=self._hessian_runner(x, y, sample_weight, loss_scale),
+            is_normalization=self._normalization_flags(variables),
+            optimizer=self.optimizer,
+            num_replicas=num_replicas,
+            gradient_at=gradient_at,
+            with_hessian=self._hessian_runner(x, y, sample_weight),
+            all_reduce_mean=distribute.all_reduce_mean,
+            cond=ops.cond,
         )
-        self.method.update_state(context)
+        if self.method.tracker is not None:
+            self.method.tracker.refresh(context)
+        descent = _scaled(self.method.descent(context), 1.0 / to_true_scale)
 
-        # Perturb
-        perturbation = self.method.perturbation(context)
-        perturbed = linalg.add(weights, perturbation)
-
-        # Second pass, on perturbed values: it writes no variable, and reads
-        # the state from before the first pass, so dropout replays its masks.
-        with tf.GradientTape() as tape:
-            tape.watch(perturbed)
-            with keras.StatelessScope(
-                state_mapping=list(zip(variables, perturbed)), collect_losses=True
-            ):
-                y_pred_perturbed = self._forward(x, training=True)
-                perturbed_loss = self._loss(x, y, y_pred_perturbed, sample_weight)
-            scaled_perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
-        descent = _dense(
-            tape.gradient(
-                scaled_perturbed_loss,
-                perturbed,
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
-        )
-        if self.method.modifies_descent_gradient:
-            if self.perturbation_scope == "global":
-                true_descent = _scaled(
-                    distribute.all_reduce_sum(descent), 1.0 / loss_scale
-                )
-            else:
-                true_descent = _scaled(descent, num_replicas / loss_scale)
-            descent = _scaled(
-                self.method.descent_gradient(context, true_descent),
-                loss_scale / num_replicas,
-            )
-
-        # Apply
+        # Apply, only if the descent gradient and the first-pass loss are
+        # finite on every replica; the same rule for every optimizer.
         finite = distribute.all_replicas_true(
-            tf.logical_and(
-                linalg.all_finite(descent),
-                tf.math.is_finite(tf.cast(perturbed_loss, "float32")),
-            )
+            ops.logical_and(linalg.all_finite(descent), ops.isfinite(true_loss))
         )
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             # The loss-scale optimizer skips non-finite steps and lowers its
-            # scale itself; it checks one replica's gradients only, so make
-            # them non-finite everywhere when any replica's are.
-            if num_replicas > 1:
-                descent = linalg.scale(descent, tf.where(finite, 1.0, float("nan")))
+            # scale itself, judging by the gradients (of one replica): make
+            # them non-finite everywhere when the step is not finite.
+            descent = _scaled(descent, ops.where(finite, 1.0, float("nan")))
             self.optimizer.apply(descent, variables)
         else:
             distribute.apply_gradients_if(self.optimizer, descent, variables, finite)
-        for variable, value in state_updates:
-            variable.assign(tf.where(finite, value, variable.value))
+        for variable, value in state_updates + context.staged:
+            variable.assign(ops.where(finite, value, variable.value))
 
-        metrics = self.method.step_metrics(context, perturbation)
+        # The loss of applied steps only: a skipped batch does not make the
+        # epoch's logged loss NaN.
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(
+            ops.where(finite, true_loss, 0.0),
+            sample_weight=ops.where(finite, batch_size, 0),
+        )
+        metrics = self.method.step_metrics(context)
         for tracker in self.method_metrics:
             tracker.update_state(metrics[tracker.name])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _hessian_runner(self, x, y, sample_weight, loss_scale):
+    def _hessian_runner(self, x, y, sample_weight):
         """`StepContext.with_hessian` for this step's batch (see there)."""
 
-        def with_hessian(pred, fn, training=False, mode="reverse_over_reverse"):
-            def replica_fn(x, y, sample_weight, loss_scale):
+        def with_hessian(pred, fn, default, training, mode):
+            def replica_fn(x, y, sample_weight):
                 def loss_fn():
                     # Reads the variables themselves (so they can be
                     # differentiated, also by weight regularisers) and
                     # discards any state write, such as BatchNormalization
-                    # statistics in training mode.
+                    # statistics in training mode. True scale, float32: a
+                    # loss-scaled product overflows in float16 where the
+                    # gradient does not.
                     own_values = [(v, v.value) for v in self.trainable_variables]
                     with keras.StatelessScope(
                         state_mapping=own_values, collect_losses=True
                     ):
                         y_pred = self._forward(x, training=training)
                         loss = self._loss(x, y, y_pred, sample_weight)
-                    return self.optimizer.scale_loss(loss)
+                    return ops.cast(loss, "float32")
 
                 local_matvec = hessian.make_hvp(
                     loss_fn, self.trainable_variables, mode=mode
@@ -307,13 +367,12 @@ class SharpnessAwareModel(keras.Model):
                 def matvec(vectors):
                     # Each replica's loss carries a 1/num_replicas factor, so
                     # the sum over replicas is the global-batch Hessian.
-                    products = distribute.all_reduce_sum(local_matvec(vectors))
-                    return _scaled(products, 1.0 / loss_scale)
+                    return distribute.all_reduce_sum(local_matvec(vectors))
 
-                fn(matvec)
+                return fn(matvec)
 
-            distribute.replica_cond(
-                pred, replica_fn, (x, y, sample_weight, loss_scale)
+            return distribute.replica_cond(
+                pred, replica_fn, (x, y, sample_weight), default=default
             )
 
         return with_hessian
@@ -356,9 +415,5 @@ def _scaled(xs, factor):
     return linalg.scale(xs, factor)
 
 
-def _dense(grads):
-    """Densifies `IndexedSlices` gradients (embeddings) for the vector math."""
-    return [
-        tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-        for g in grads
-    ]
+def _inner_optimizer(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)

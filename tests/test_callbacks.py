@@ -301,7 +301,7 @@ def _running_means(values):
 
 def test_alignment_logger_recovers_per_step_values(tmp_path):
     model = _sam_model()
-    model.method.eigenvector.eigenvalue.assign(2.5)
+    model.method.tracker.eigenvalue.assign(2.5)
     logger = callbacks.EigenAlignmentLogger(str(tmp_path))
     logger.set_model(model)
     logger.on_train_begin()
@@ -512,7 +512,7 @@ def test_alignment_logger_under_mirrored_strategy(mirrored_strategy):
         np.testing.assert_allclose(
             np.mean([v[name] for _, v in logger.history]), history.history[name][0], rtol=1e-5
         )
-    tracked = keras.ops.convert_to_numpy(model.method.eigenvector.eigenvalue)
+    tracked = keras.ops.convert_to_numpy(model.method.tracker.eigenvalue)
     assert logger.history[-1][1]["top_eigenvalue"] == float(tracked)
 
 

@@ -17,7 +17,7 @@ def _model(method, net=None, lr=0.1, **compile_kwargs):
 
 
 def _eigenvector(model):
-    return ref.flatten([np.array(v, "float64") for v in model.method.eigenvector.vector])
+    return ref.flatten([np.array(v, "float64") for v in model.method.tracker.vector])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_eigen_sam_step_matches_numpy_with_exact_eigenvector(exact):
     found = _eigenvector(model)
     assert abs(found @ v) > 0.9999
     np.testing.assert_allclose(
-        float(model.method.eigenvector.eigenvalue), lam, rtol=1e-4
+        float(model.method.tracker.eigenvalue), lam, rtol=1e-4
     )
     for sign in (1.0, -1.0):  # the rule does not depend on v's sign
         expected = ref.sam_sgd_step(
@@ -109,8 +109,8 @@ def test_sam_track_eigen_logs_without_changing_the_update():
     h = tracked.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     plain.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     tiny.assert_weights_close(tiny.weights_of(tracked), tiny.weights_of(plain))
-    assert set(ks.methods.eigenvector.METRIC_NAMES) <= set(h.history)
-    assert int(tracked.method.eigenvector.num_refreshes) == 2  # steps 0 and 2
+    assert set(ks.methods.eigenvector_tracker.METRIC_NAMES) <= set(h.history)
+    assert int(tracked.method.tracker.num_refreshes) == 2  # steps 0 and 2
     assert "val_top_eigenvalue" not in tracked.fit(
         x, y, epochs=1, verbose=0, validation_data=(x, y)
     ).history
@@ -125,7 +125,7 @@ class _RecordRefreshes(keras.callbacks.Callback):
         self.records = []
 
     def on_train_batch_end(self, batch, logs=None):
-        tracker = self.model.method.eigenvector
+        tracker = self.model.method.tracker
         self.records.append((int(self.model.optimizer.iterations), int(tracker.num_refreshes)))
 
 
@@ -161,15 +161,15 @@ def test_mirrored_eigenvector_identical_and_equal_to_single_device(mirrored_stra
         mirrored = _model(ks.EigenSAM(refresh_every=100, power_iterations=20, seed=3))
     tiny.fit_steps(mirrored, x, y, 16, 1)
     for var_single, var_mirrored in zip(
-        single.method.eigenvector.vector, mirrored.method.eigenvector.vector
+        single.method.tracker.vector, mirrored.method.tracker.vector
     ):
         copies = [np.array(c) for c in var_mirrored.value.values]
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
         np.testing.assert_allclose(copies[0], np.array(var_single), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
-        mirrored.method.eigenvector.eigenvalue.numpy(),
-        single.method.eigenvector.eigenvalue.numpy(), rtol=1e-5,
+        mirrored.method.tracker.eigenvalue.numpy(),
+        single.method.tracker.eigenvalue.numpy(), rtol=1e-5,
     )
 
 
@@ -186,10 +186,10 @@ def test_save_load_keeps_eigenvector_and_schedule(tmp_path):
     assert isinstance(loaded.method, ks.XSAM)
     assert loaded.method.get_config() == model.method.get_config()
     np.testing.assert_array_equal(_eigenvector(loaded), _eigenvector(model))
-    assert int(loaded.method.eigenvector.num_refreshes) == 2
+    assert int(loaded.method.tracker.num_refreshes) == 2
     for m in (model, loaded):
         m.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    assert int(loaded.method.eigenvector.num_refreshes) == 4  # 6 and 9
+    assert int(loaded.method.tracker.num_refreshes) == 4  # 6 and 9
     tiny.assert_weights_close(tiny.weights_of(loaded), tiny.weights_of(model))
     np.testing.assert_allclose(_eigenvector(loaded), _eigenvector(model), rtol=1e-5, atol=1e-7)
 
@@ -233,8 +233,8 @@ def test_backup_and_restore_resumes_eigenvector_and_schedule(tmp_path, op_determ
         new_model().fit(x, y, callbacks=[backup, InterruptAt()], **fit)
     resumed = new_model()
     resumed.fit(x, y, callbacks=[backup], **fit)
-    assert int(resumed.method.eigenvector.num_refreshes) == int(
-        reference.method.eigenvector.num_refreshes
+    assert int(resumed.method.tracker.num_refreshes) == int(
+        reference.method.tracker.num_refreshes
     ) == 6  # steps 0, 3, 6, 9, 12, 15
     tiny.assert_weights_close(tiny.weights_of(resumed), tiny.weights_of(reference), rtol=0, atol=0)
     np.testing.assert_array_equal(_eigenvector(resumed), _eigenvector(reference))
@@ -255,7 +255,7 @@ def test_mixed_float16_trains_and_eigenvector_stays_float32(method_cls):
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[record])
     assert np.isfinite(history.history["loss"]).all()
     assert all(np.isfinite(np.array(v)).all() for v in model.weights)
-    tracker = model.method.eigenvector
+    tracker = model.method.tracker
     assert all(v.dtype == "float32" for v in tracker.vector)
     assert int(tracker.num_refreshes) == sum(due) >= 4
     np.testing.assert_allclose(np.linalg.norm(_eigenvector(model)), 1.0, rtol=1e-4)
@@ -273,7 +273,7 @@ def test_non_finite_refresh_keeps_previous_eigenvector():
     model.train_on_batch(x_bad, y)
     np.testing.assert_array_equal(_eigenvector(model), before)
     tiny.assert_weights_close(tiny.weights_of(model), weights, rtol=0, atol=0)
-    assert np.isfinite(float(model.method.eigenvector.eigenvalue))
+    assert np.isfinite(float(model.method.tracker.eigenvalue))
 
 
 @pytest.mark.parametrize(
@@ -303,6 +303,77 @@ def test_unbuilt_model_under_mirrored_strategy_builds_state_in_scope(mirrored_st
     assert not model.method.state_built
     history = tiny.fit_steps(model, x, y, 8, 2)
     assert np.isfinite(history.history["loss"]).all()
-    vector = model.method.eigenvector.vector[0].value
+    vector = model.method.tracker.vector[0].value
     assert isinstance(vector, tf.distribute.DistributedValues)
-    assert int(model.method.eigenvector.num_refreshes.numpy()) == 1
+    assert int(model.method.tracker.num_refreshes.numpy()) == 1
+
+
+# ------------------------------------------------ audit: X-SAM across replicas
+
+
+def test_x_sam_replica_scope_normalises_the_averaged_gradient(mirrored_strategy):
+    # Each replica perturbs with its own gradient; the descent rule acts on
+    # the averaged second-pass gradient, so the step is unit-norm (before:
+    # each replica normalised its own, and the step had norm 0.697).
+    x, y = tiny.data(n=16)
+    with mirrored_strategy.scope():
+        model = _model(ks.XSAM(rho=0.3, alpha=0.0, seed=0), lr=0.5)
+    w0 = tiny.weights_of(model)
+    tiny.fit_steps(model, x, y, 16, 1)
+    shard_grads = []
+    for xs, ys in [(x[:8], y[:8]), (x[8:], y[8:])]:
+        _, g = ref.mlp_loss_and_grad(w0, xs.astype(float), ys.astype(float))
+        e = ref.sam_perturbation(g, None, 0.3)
+        _, g_a = ref.mlp_loss_and_grad([w + ei for w, ei in zip(w0, e)], xs, ys)
+        shard_grads.append(ref.flatten(g_a))
+    mean = (shard_grads[0] + shard_grads[1]) / 2
+    expected = ref.flatten(w0) - 0.5 * mean / np.linalg.norm(mean)
+    found = ref.flatten(tiny.weights_of(model))
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(found - ref.flatten(w0)), 0.5, rtol=1e-5)
+
+
+def test_x_sam_refuses_gradient_accumulation():
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.XSAM())
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), loss="mse"
+    )
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        model.train_on_batch(*tiny.data(n=8))
+
+
+@pytest.mark.parametrize(
+    "reduced, reference",
+    [
+        (lambda: ks.ASAM(rho=0.0), lambda: None),
+        (lambda: ks.EigenSAM(rho=0.0, seed=0), lambda: None),
+        (lambda: ks.EigenSAM(rho=0.3, alpha=0.0, seed=0), lambda: ks.SAM(rho=0.3)),
+    ],
+    ids=["asam-rho0-is-sgd", "eigensam-rho0-is-sgd", "eigensam-alpha0-is-sam"],
+)
+def test_documented_reductions(reduced, reference):
+    x, y = tiny.data(n=16)
+    a = _model(reduced())
+    if reference() is None:
+        b = tiny.mlp()
+        b.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    else:
+        b = _model(reference())
+    for _ in range(3):
+        a.train_on_batch(x, y)
+        b.train_on_batch(x, y)
+    tiny.assert_weights_close(tiny.weights_of(a), tiny.weights_of(b))
+
+
+def test_x_sam_alpha_zero_is_sam_with_a_normalised_descent_gradient():
+    x, y = tiny.data(n=16)
+    model = _model(ks.XSAM(rho=0.3, alpha=0.0, seed=0))
+    w0 = tiny.weights_of(model)
+    model.train_on_batch(x, y)
+    _, g = ref.mlp_loss_and_grad(w0, x.astype(float), y.astype(float))
+    e = ref.sam_perturbation(g, None, 0.3)
+    _, g_a = ref.mlp_loss_and_grad([w + ei for w, ei in zip(w0, e)], x, y)
+    norm = ref.norm(g_a)
+    tiny.assert_weights_close(
+        tiny.weights_of(model), [w - 0.1 * gi / norm for w, gi in zip(w0, g_a)]
+    )

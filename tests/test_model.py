@@ -1,6 +1,8 @@
 """Tests of `SharpnessAwareModel` with SAM and ASAM against exact references."""
 
 import functools
+import json
+import pathlib
 
 import keras
 import numpy as np
@@ -437,3 +439,77 @@ def test_state_updates_applied_once_per_step(mirrored_strategy):
         assert not np.array_equal(np.array(seed_state), before)
         assert not np.allclose(np.array(model.model.layers[1].moving_mean), 0.0)
         assert all(np.isfinite(np.array(v)).all() for v in model.weights)
+
+
+# ------------------------------------------- audit: one rule for every optimizer
+
+
+@pytest.mark.parametrize("loss_scale", [False, True], ids=["sgd", "loss-scale-optimizer"])
+def test_infinite_loss_with_finite_gradient_is_skipped_on_one_replica(loss_scale):
+    # The audit's reproduction: an overflowing label makes the loss inf while
+    # the gradient stays finite; a LossScaleOptimizer on one replica applied
+    # the step (weights moved by 6.7e27) because only gradients were checked.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 5)).astype("f4"), rng.normal(size=(8, 3)).astype("f4")
+    optimizer = keras.optimizers.SGD(0.05)
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model = _sam_model(ks.SAM(rho=0.1))
+    model.compile(optimizer=optimizer, loss="mse")
+    model.train_on_batch(x, y)
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    kept = model.weights + inner.variables  # weights, iterations, slots
+    before = [np.array(v) for v in kept]
+    scale = float(model.optimizer.dynamic_scale) if loss_scale else None
+    y_bad = y.copy()
+    y_bad[2, 1] = 1e30
+    model.train_on_batch(x, y_bad)
+    for b, v in zip(before, kept):
+        np.testing.assert_array_equal(np.array(v), b)
+    if loss_scale:  # and the loss-scale optimizer lowered its scale
+        assert float(model.optimizer.dynamic_scale) == scale / 2
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])
+
+
+def test_skipped_batch_does_not_poison_the_logged_loss():
+    x, y = tiny.data(n=32)
+    x[12, 1] = np.nan  # in the second of four batches
+    model = _sam_model(ks.SAM(rho=0.05))
+    w0 = tiny.weights_of(model)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+    # The mean of the three applied steps' first-pass losses.
+    losses, w = [], w0
+    for start in (0, 16, 24):
+        xs, ys = x[start : start + 8].astype(float), y[start : start + 8].astype(float)
+        loss, _ = ref.mlp_loss_and_grad(w, xs, ys)
+        losses.append(loss)
+        w = ref.sam_sgd_step(w, xs, ys, 0.1, functools.partial(ref.sam_perturbation, rho=0.05))
+    np.testing.assert_allclose(history.history["loss"][0], np.mean(losses), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- compatibility
+
+
+def test_keras_file_saved_by_release_0_1_loads_and_trains():
+    fixtures = pathlib.Path(__file__).parent / "fixtures"
+    expected = json.loads((fixtures / "eigensam_v0.1.0.json").read_text())
+    model = keras.models.load_model(fixtures / "eigensam_v0.1.0.keras")
+    assert int(model.optimizer.iterations) == expected["iterations"]
+    tracker = model.method.tracker
+    assert int(tracker.num_refreshes) == expected["num_refreshes"]
+    assert int(tracker.num_failed_refreshes) == 0
+    np.testing.assert_allclose(float(tracker.eigenvalue), expected["top_eigenvalue"], rtol=1e-6)
+    for variable, value in zip(tracker.vector, expected["eigenvector"]):
+        np.testing.assert_array_equal(np.array(variable), np.array(value, "float32"))
+    for variable, value in zip(model.trainable_variables, expected["weights"]):
+        np.testing.assert_array_equal(np.array(variable), np.array(value, "float32"))
+    x = np.random.default_rng(0).normal(size=(32, 5)).astype("f4")
+    np.testing.assert_allclose(
+        model.predict(x[:4], verbose=0), np.array(expected["predictions"]), rtol=1e-6
+    )
+    # The refresh schedule goes on: iterations 4 and 5, refresh at 4.
+    model.fit(x, x[:, :3], batch_size=16, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == expected["iterations"] + 2
+    assert int(tracker.num_refreshes) == expected["num_refreshes"] + 1

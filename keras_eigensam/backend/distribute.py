@@ -40,41 +40,59 @@ def all_replicas_true(flag):
     return tf.equal(all_reduce_sum(bad), 0.0)
 
 
-def replica_cond(pred, fn, args=()):
-    """Runs `fn(*args)` in replica context on every replica iff `pred`.
+def replica_cond(pred, fn, args=(), default=None):
+    """`fn(*args)` on every replica iff `pred`, else `default`, in replica context.
 
     `pred` must be identical on every replica (see `all_replicas_true`), and
     `fn` may contain collectives (`all_reduce_*`, an optimizer update) and
-    variable writes; it returns nothing. Per-replica tensors must be passed
-    through `args`, not captured by `fn`: on strategies that synchronise with
-    `merge_call` (MirroredStrategy on CPUs and with some GPU set-ups) a
-    collective may not sit inside a conditional in replica context, so there
-    the conditional is taken in cross-replica context and `fn` is run for
-    each replica with that replica's `args`, as Keras's `LossScaleOptimizer`
-    does.
-    """
+    variable writes. Per-replica tensors must be passed through `args`, not
+    captured by `fn`: on strategies that synchronise with `merge_call`
+    (MirroredStrategy on CPUs and with some GPU set-ups) a collective may not
+    sit inside a conditional in replica context, so there the conditional is
+    taken in cross-replica context and `fn` is run for each replica with that
+    replica's `args`, as Keras's `LossScaleOptimizer` does.
 
-    def run():
-        fn(*args)
+    `fn` returns `None`, or a structure of tensors shaped like `default`. On
+    merge-call strategies the result of the first replica is returned to
+    every replica, so a returned value must be identical on all replicas
+    (computed from all-reduced values), as an eigenvector estimate is.
+    """
 
     if (
         not tf.distribute.has_strategy()
         or tf.__internal__.distribute.strategy_supports_no_merge_call()
     ):
-        tf.cond(pred, run, lambda: None)
-        return
+        if default is None:
+            tf.cond(pred, lambda: _no_output(fn(*args)), lambda: None)
+            return None
+        return tf.cond(pred, lambda: fn(*args), lambda: default)
 
-    def cross_replica_fn(distribution, pred, *args):
+    def cross_replica_fn(distribution, pred, default, *args):
         flag = distribution.experimental_local_results(pred)[0]
 
         def for_each_replica():
-            distribution.extended.call_for_each_replica(fn, args=args)
+            results = distribution.extended.call_for_each_replica(fn, args=args)
+            if default is None:
+                return None
+            return tf.nest.map_structure(
+                lambda v: distribution.experimental_local_results(v)[0], results
+            )
 
-        tf.cond(flag, for_each_replica, lambda: None)
+        if default is None:
+            tf.cond(flag, for_each_replica, lambda: None)
+            return None
+        first = tf.nest.map_structure(
+            lambda v: distribution.experimental_local_results(v)[0], default
+        )
+        return tf.cond(flag, for_each_replica, lambda: first)
 
-    tf.distribute.get_replica_context().merge_call(
-        cross_replica_fn, args=(pred,) + tuple(args)
+    return tf.distribute.get_replica_context().merge_call(
+        cross_replica_fn, args=(pred, default) + tuple(args)
     )
+
+
+def _no_output(result):
+    del result
 
 
 def apply_gradients_if(optimizer, grads, variables, should_apply):

@@ -2,8 +2,8 @@
 
 from keras_eigensam.methods.asam import ASAM
 from keras_eigensam.methods.base import SharpnessMethod
-from keras_eigensam.methods.base import StepContext
+from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.eigen_sam import EigenSAM
-from keras_eigensam.methods.eigenvector import EigenvectorTracker
+from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
 from keras_eigensam.methods.sam import SAM
 from keras_eigensam.methods.x_sam import XSAM

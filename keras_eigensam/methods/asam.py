@@ -30,12 +30,15 @@ class ASAM(SharpnessMethod):
     w     ← base_optimizer(w, g_sam)
     ```
 
+    Two forward-backward passes per step; `rho=0` is the base optimizer.
+
     Args:
         rho: Radius of the perturbation ball, much larger than SAM's (0.5 on
             CIFAR-10, 1.0 on CIFAR-100 in the reference code). Defaults to
             `0.5`.
         eta: Offset that keeps zero weights perturbable. Defaults to `0.01`.
-        **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
+        **kwargs: `tracker` and the tracker's arguments (see
+            `EigenvectorTracker`), and `keras.layers.Layer` arguments.
 
     Example:
 

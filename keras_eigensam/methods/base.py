@@ -1,99 +1,81 @@
-"""The interface every sharpness-aware method implements.
+"""`SharpnessMethod`: the interface every sharpness-aware method implements.
 
-`SharpnessAwareModel.train_step` is the only place where the two passes of a
-SAM-family update happen. A method plugs into it through four small hooks:
+`SharpnessAwareModel.train_step` takes the first forward-backward pass and
+hands the method a `StepContext`; the method returns the descent gradient:
 
 ```
-# First pass                 g = ∇L_B(w)                  (model)
-method.update_state(ctx)     e.g. refresh an eigenvector  (method, optional)
-# Perturb                    e = method.perturbation(ctx) (method)
-# Second pass                g_e = ∇L_B(w + e)            (model)
-method.descent_gradient(ctx, g_e) -> d                    (method, optional)
-# Apply                      w ← optimizer(w, d)          (model)
+# First pass                 g = ∇L_B(w)                         (model)
+tracker.refresh(ctx)         v, if the method tracks it          (method)
+d = method.descent(ctx)      e.g. ctx.gradient_at(e), ctx.cond   (method)
+# Apply                      w ← optimizer(w, d) if d is finite   (model)
+#                            and the staged state writes with it
 ```
+
+The default `descent` is SAM's shape, `ctx.gradient_at(self.perturbation(ctx))`,
+so most methods define `perturbation` only. A method that decides its
+passes itself (LookSAM skips the second pass on most steps, ESAM takes it on
+part of the batch, momentum-SAM takes one pass) overrides `descent`.
 
 A method is a Keras layer that is never called: being a layer is what makes
-its state (Keras variables created in `build_state`) part of the model, so it is
-saved with `model.save`, restored by checkpoints and `BackupAndRestore`, and
-mirrored across replicas when the model is built under a strategy.
+its state (created in `build_state` with `add_state`) part of the model, so it
+is saved with `model.save`, restored by checkpoints and `BackupAndRestore`, and
+mirrored across replicas when the model is built under a strategy. State is
+written only through `ctx.assign`, which the model commits only if the step
+is finite.
 """
 
 import keras
 
-from keras_eigensam import linalg
 from keras_eigensam import validation
-from keras_eigensam.methods.eigenvector import METRIC_NAMES
-
-
-class StepContext:
-    """What a method sees of one training step.
-
-    Attributes:
-        step: The optimizer's iteration count before this step's update (an
-            integer scalar tensor). Schedules key on it, so they survive
-            `steps_per_execution > 1`, restarts and `BackupAndRestore`.
-        variables: The model's trainable variables.
-        weights: Their values at the start of the step (list of tensors).
-        grads: The first-pass gradient `∇L_B(w)` of the mean loss, at true
-            scale (loss scaling and the per-replica `1/num_replicas` factor
-            removed). With `perturbation_scope="replica"` it is this
-            replica's gradient, with `"global"` the all-reduced one.
-        with_hessian: A function `with_hessian(pred, fn, *, training, mode)`
-            that, when the scalar boolean `pred` is True, calls `fn(matvec)`
-            on every replica, where `matvec(vectors)` is the Hessian-vector
-            product of the loss on this step's global batch at `weights`
-            (all-reduced, identical on every replica). `fn` may write
-            variables and returns nothing. `training` picks the model's mode
-            for the Hessian, `mode` the HVP algorithm.
-    """
-
-    def __init__(self, step, variables, weights, grads, with_hessian=None):
-        self.step = step
-        self.variables = variables
-        self.weights = weights
-        self.grads = grads
-        self.with_hessian = with_hessian
-        self._memo = {}
-
-    @property
-    def grad_norm(self):
-        """`‖grads‖`, computed once per step (every rule needs it)."""
-        return self.memo("grad_norm", lambda: linalg.global_norm(self.grads))
-
-    def memo(self, key, compute):
-        """`compute()` the first time `key` is asked for in this step, then
-        the same tensor: lets the perturbation and the metrics share inner
-        products over all weights instead of recomputing them."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
+from keras_eigensam.methods import eigenvector_tracker
+from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
 
 
 class SharpnessMethod(keras.layers.Layer):
     """Base class of the sharpness-aware methods.
 
-    Subclasses implement `perturbation` and may override `build_state` (to
-    create state), `update_state`, `descent_gradient` and `step_metrics`. The math
-    should live in pure functions over lists of tensors so it can be tested
-    against NumPy on its own.
+    Subclasses implement `perturbation` (and keep SAM's two passes) or
+    `descent` (and decide the passes), and may override `build_state` (to
+    create state with `add_state`). The math should live in pure functions
+    over lists of tensors so it can be tested against NumPy on its own.
+
+    Every method can track the top Hessian eigenvector and log
+    `top_eigenvalue`, `eigen_alignment` and `grad_eigen_cosine` every step:
+    pass `tracker=EigenvectorTracker(...)`, or `tracker=True` with any of the
+    tracker's arguments (`refresh_every`, `num_matvecs`, `which`,
+    `hessian_training`, `hvp_mode`, `seed`). Methods that need the
+    eigenvector (`requires_tracker`) always have one, built from those
+    arguments.
 
     Args:
-        rho: Radius of the perturbation. `rho=0` makes every method reduce to
-            its base optimizer. Defaults to `0.05`.
-        eigenvector: An `EigenvectorTracker` if the method tracks the top
-            Hessian eigenvector (Eigen-SAM and X-SAM need it; SAM can log
-            it), else `None`. Defaults to `None`.
-        **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
+        rho: Radius of the perturbation. Defaults to `0.05`.
+        tracker: An `EigenvectorTracker`, `True` for a default one, or
+            `None`. Defaults to `None`.
+        **kwargs: The tracker's arguments (see `EigenvectorTracker`) and
+            `keras.layers.Layer` arguments (e.g. `name`).
     """
 
-    #: Whether the method changes the descent gradient (X-SAM does); if not,
-    #: the model hands the second-pass gradient to the optimizer untouched.
-    modifies_descent_gradient = False
+    #: Whether the rule needs the eigenvector (then a tracker is built).
+    requires_tracker = False
+    #: The tracker's `refresh_every` when the method builds it.
+    default_refresh_every = 100
+    #: Whether the rule is right under `gradient_accumulation_steps > 1`
+    #: (each micro-batch perturbed with its own gradient, the descent
+    #: gradients averaged): false for rules that are not linear in the
+    #: descent gradient, which would be applied per micro-batch.
+    supports_gradient_accumulation = True
 
-    def __init__(self, rho=0.05, eigenvector=None, **kwargs):
+    def __init__(self, rho=0.05, tracker=None, **kwargs):
+        tracker_kwargs = {
+            name: kwargs.pop(name)
+            for name in eigenvector_tracker.ARGUMENTS
+            if name in kwargs
+        }
         super().__init__(**kwargs)
         self.rho = validation.check_number("rho", rho, minimum=0.0)
-        self.eigenvector = eigenvector
+        self.tracker = _make_tracker(
+            tracker, tracker_kwargs, self.requires_tracker, self.default_refresh_every
+        )
         self.state_built = False
         # Never called, so never built by Keras; its state comes from
         # `build_state`.
@@ -102,7 +84,32 @@ class SharpnessMethod(keras.layers.Layer):
     @property
     def metric_names(self):
         """Names of the scalars `step_metrics` returns, logged every step."""
-        return METRIC_NAMES if self.eigenvector is not None else ()
+        return eigenvector_tracker.METRIC_NAMES if self.tracker is not None else ()
+
+    def add_state(
+        self,
+        name,
+        shape,
+        dtype="float32",
+        initializer="zeros",
+        aggregation="only_first_replica",
+    ):
+        """Creates one non-trainable state variable of the method.
+
+        `aggregation` says how replica-local writes combine under a
+        strategy: `"only_first_replica"` for values that are identical on
+        every replica (computed from all-reduced quantities or the step),
+        `"mean"` to average per-replica values (an EMA of per-replica
+        gradients). Defaults to `"only_first_replica"`.
+        """
+        return self.add_weight(
+            shape=shape,
+            initializer=initializer,
+            dtype=dtype,
+            trainable=False,
+            aggregation=aggregation,
+            name=name,
+        )
 
     def build_state(self, variable_shapes):
         """Creates the method's state for variables of `variable_shapes`.
@@ -111,12 +118,11 @@ class SharpnessMethod(keras.layers.Layer):
         distribution strategy's scope, so the variables are mirrored).
         `variable_shapes` is a list of shapes, one per trainable variable of
         the model, in `model.trainable_variables` order. Subclasses create
-        their variables with `self.add_weight(..., trainable=False)` and call
-        `super().build_state(variable_shapes)` last. The base class has no
-        state.
+        their variables with `add_state` and call
+        `super().build_state(variable_shapes)` first.
         """
-        if self.eigenvector is not None:
-            self.eigenvector.build(self, variable_shapes)
+        if self.tracker is not None:
+            self.tracker.build(self, variable_shapes)
         self.state_built = True
 
     def _lock_state(self):
@@ -124,48 +130,75 @@ class SharpnessMethod(keras.layers.Layer):
         # created after the method itself; it is added by `build_state`.
         pass
 
-    def update_state(self, context):
-        """Updates the method's own state at the start of a step.
-
-        The base class refreshes the eigenvector estimate when it is due.
-        """
-        if self.eigenvector is not None:
-            self.eigenvector.maybe_refresh(context)
-
     def perturbation(self, context):
         """Returns the perturbation `e` (list of tensors shaped like weights)."""
         raise NotImplementedError(
-            f"{type(self).__name__} must implement `perturbation(context)`."
+            f"{type(self).__name__} must implement `perturbation(context)` "
+            "or `descent(context)`."
         )
 
-    def descent_gradient(self, context, perturbed_grads):
-        """Returns the gradient handed to the optimizer.
+    def descent(self, context):
+        """Returns the descent gradient handed to the optimizer (true scale).
 
-        `perturbed_grads` is `∇L_B(w + e)` at true scale. The default is SAM's:
-        use it as is.
+        The default is SAM's: the gradient at `w + perturbation(context)`.
         """
-        del context
-        return perturbed_grads
+        return context.gradient_at(self.step_perturbation(context))
 
-    def step_metrics(self, context, perturbation):
+    def step_perturbation(self, context):
+        """`perturbation(context)`, computed once per step (memoised)."""
+        return context.memo("perturbation", lambda: self.perturbation(context))
+
+    def step_metrics(self, context):
         """Returns a dict of scalar tensors named as in `metric_names`."""
-        if self.eigenvector is None:
+        if self.tracker is None:
             return {}
-        return self.eigenvector.step_metrics(context, perturbation, self)
+        return self.tracker.metrics(context, self.step_perturbation(context))
 
-    def eigen_alignment(self, grad_cosine):
-        """`cos(e, v)` as a function of `cos(g, v)`, if the rule gives one.
-
-        Methods whose perturbation lies in the span of `g` and `v` override
-        this so the metric costs no pass over the weights; `None` means
-        compute the cosine from the perturbation itself.
-        """
-        del grad_cosine
-        return None
+    def load_own_variables(self, store):
+        # Files saved by keras-eigensam 0.1 hold the state variables that
+        # existed then, a prefix of today's (new ones are appended).
+        variables = self._trainable_variables + self._non_trainable_variables
+        if 0 < len(store.keys()) < len(variables):
+            for i in range(len(store.keys())):
+                variables[i].assign(store[str(i)])
+            return
+        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()
         config.update({"rho": self.rho})
-        if self.eigenvector is not None:
-            config.update(self.eigenvector.get_config())
+        if self.tracker is not None:
+            config["tracker"] = True
+            config.update(self.tracker.get_config())
         return config
+
+
+def _make_tracker(tracker, tracker_kwargs, required, default_refresh_every):
+    if isinstance(tracker, EigenvectorTracker):
+        if tracker_kwargs:
+            raise ValueError(
+                "Pass either `tracker=EigenvectorTracker(...)` or the tracker's "
+                f"arguments, not both. Received: tracker={tracker!r} and "
+                f"{sorted(tracker_kwargs)}"
+            )
+        return tracker
+    if tracker is not None and not isinstance(tracker, bool):
+        raise TypeError(
+            "`tracker` must be an `EigenvectorTracker`, True or None. "
+            f"Received: tracker={tracker!r} (of type {type(tracker).__name__})"
+        )
+    if tracker is False and (required or tracker_kwargs):
+        raise ValueError(
+            "`tracker=False` with a method that needs the eigenvector or "
+            f"with tracker arguments {sorted(tracker_kwargs)}."
+        )
+    if tracker_kwargs and not (tracker or required):
+        raise ValueError(
+            "Tracker arguments were given to a method that does not track the "
+            "eigenvector: pass `tracker=True` (or `track_eigen=True` to SAM) "
+            f"as well. Received: {sorted(tracker_kwargs)}"
+        )
+    if tracker or required:
+        tracker_kwargs.setdefault("refresh_every", default_refresh_every)
+        return EigenvectorTracker(**tracker_kwargs)
+    return None

@@ -4,7 +4,6 @@ import keras
 
 from keras_eigensam import linalg
 from keras_eigensam.methods.base import SharpnessMethod
-from keras_eigensam.methods.eigenvector import EigenvectorTracker
 
 
 def sam_perturbation(grads, rho, grad_norm=None):
@@ -27,9 +26,10 @@ class SAM(SharpnessMethod):
     w     ← base_optimizer(w, g_sam)
     ```
 
-    `rho=0` gives the base optimizer's step exactly. With `track_eigen=True`
-    the model also estimates the top Hessian eigenvector `v` on a schedule
-    (as Eigen-SAM does) and logs `top_eigenvalue`, `eigen_alignment`
+    Two forward-backward passes per step. `rho=0` gives the base optimizer's
+    step exactly. With a tracker (`track_eigen=True`, `tracker=...` or any
+    tracker argument) the model also estimates the top Hessian eigenvector
+    `v` on a schedule and logs `top_eigenvalue`, `eigen_alignment`
     (|cos(e, v)|) and `grad_eigen_cosine` (|cos(g, v)|) every step, without
     changing the update: the Eigen-SAM paper's first figure is SAM's
     alignment over training.
@@ -37,20 +37,10 @@ class SAM(SharpnessMethod):
     Args:
         rho: Radius of the perturbation ball. 0.05 is the usual default (0.1
             for CIFAR-100 with WRN-28-10 in the paper). Defaults to `0.05`.
-        track_eigen: Whether to track the top Hessian eigenvector and log the
-            curvature metrics. Defaults to `False`.
-        refresh_every: With `track_eigen`, optimizer steps between eigenvector
-            refreshes. Defaults to `100`.
-        power_iterations: With `track_eigen`, Hessian-vector products per
-            refresh. Defaults to `5`.
-        hessian_training: With `track_eigen`, take the Hessian of the model in
-            training mode (batch statistics) instead of inference mode.
-            Defaults to `False`.
-        hvp_mode: With `track_eigen`, `"reverse_over_reverse"` or
-            `"forward_over_backward"`. Defaults to `"reverse_over_reverse"`.
-        seed: With `track_eigen`, seed of the initial random vector. Defaults
-            to `None`.
-        **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
+        track_eigen: Shorthand for `tracker=True`: track the top Hessian
+            eigenvector and log the curvature metrics. Defaults to `False`.
+        **kwargs: `tracker` and the tracker's arguments (see
+            `EigenvectorTracker`), and `keras.layers.Layer` arguments.
 
     Example:
 
@@ -63,35 +53,10 @@ class SAM(SharpnessMethod):
         - [Foret et al., 2021](https://arxiv.org/abs/2010.01412)
     """
 
-    def __init__(
-        self,
-        rho=0.05,
-        track_eigen=False,
-        refresh_every=100,
-        power_iterations=5,
-        hessian_training=False,
-        hvp_mode="reverse_over_reverse",
-        seed=None,
-        **kwargs,
-    ):
-        eigenvector = None
-        if track_eigen:
-            eigenvector = EigenvectorTracker(
-                refresh_every=refresh_every,
-                power_iterations=power_iterations,
-                hessian_training=hessian_training,
-                hvp_mode=hvp_mode,
-                seed=seed,
-            )
-        super().__init__(rho=rho, eigenvector=eigenvector, **kwargs)
+    def __init__(self, rho=0.05, track_eigen=False, **kwargs):
+        if track_eigen and kwargs.get("tracker") is None:
+            kwargs["tracker"] = True
+        super().__init__(rho=rho, **kwargs)
 
     def perturbation(self, context):
         return sam_perturbation(context.grads, self.rho, context.grad_norm)
-
-    def eigen_alignment(self, grad_cosine):
-        return grad_cosine  # e ∥ g
-
-    def get_config(self):
-        config = super().get_config()
-        config["track_eigen"] = self.eigenvector is not None
-        return config

@@ -6,7 +6,6 @@ from keras import ops
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.methods.base import SharpnessMethod
-from keras_eigensam.methods.eigenvector import EigenvectorTracker
 from keras_eigensam.methods.sam import sam_perturbation
 
 CORRECTIONS = ("reference", "projection")
@@ -32,12 +31,12 @@ def x_sam_descent(perturbed_grads, eigenvector, alpha, correction="reference"):
 class XSAM(SharpnessMethod):
     """X-SAM: SAM whose descent gradient is corrected along the top eigenvector.
 
-    The perturbation is SAM's; the gradient at the perturbed point is
-    normalised and its component along the top Hessian eigenvector `v`
-    (refreshed by power iteration every `refresh_every` steps) is damped:
+    The perturbation is SAM's; the gradient at the perturbed point, averaged
+    over replicas, is normalised and its component along the top Hessian
+    eigenvector `v` (refreshed every `refresh_every` steps) is damped:
 
     ```
-    g_a = ∇L_B(w + ρ ĝ)
+    g_a = mean over replicas of ∇L_B(w + ρ ĝ)
     ĝ_a = g_a / ‖g_a‖;   c = <ĝ_a, v>
     g̃   = ĝ_a − α · sign(c) · c · v      # correction="reference"
     g̃   = ĝ_a − α · c · v                # correction="projection"
@@ -48,33 +47,39 @@ class XSAM(SharpnessMethod):
     the arbitrary sign of `v`: it damps the component when `v` points along
     `ĝ_a` and amplifies it when `v` points against. The paper's theorem
     analyses the sign-free projection `I − α v vᵀ`, offered as
-    `correction="projection"`. Either way the step handed to the optimizer is
-    (nearly) unit-norm, which changes the effective learning rate compared
-    with SAM: retune it. `alpha=0` gives SAM with a normalised descent
-    gradient.
+    `correction="projection"`.
 
-    Logs `top_eigenvalue`, `eigen_alignment` and `grad_eigen_cosine` every
-    step, as Eigen-SAM does.
+    The step handed to the optimizer has norm `sqrt(1 − 2α·sign(c)c·c + α²c²)`
+    with the reference rule and `sqrt(1 − α(2 − α)c²)` with the projection
+    (both about 1), whatever `rho` is, which changes the effective learning rate compared
+    with SAM: retune it. So `rho=0` is *not* the base optimizer's step (it is
+    the base optimizer on the normalised, corrected gradient) and `alpha=0`
+    is SAM with a normalised descent gradient. With
+    `perturbation_scope="replica"` each replica perturbs with its own
+    gradient (m-sharpness) and the normalisation acts on the averaged
+    gradient, so the step is unit-norm for any number of replicas. Under
+    `gradient_accumulation_steps > 1` the normalisation would act per
+    micro-batch, so that is refused.
+
+    Two forward-backward passes per step, plus `num_matvecs` Hessian-vector
+    products every `refresh_every` steps (every 5 by default, as in the
+    reference). Logs `top_eigenvalue`, `eigen_alignment` and
+    `grad_eigen_cosine` every step, as Eigen-SAM does.
 
     Args:
         rho: Radius of the SAM perturbation. Defaults to `0.05`.
-        alpha: Strength of the correction. Defaults to `0.2`.
-        refresh_every: Optimizer steps between eigenvector refreshes; the
-            reference refreshes every 3 to 5 steps. Defaults to `5`.
-        power_iterations: Hessian-vector products per refresh, warm-started.
-            Defaults to `5`.
+        alpha: Strength of the correction, in [0, 2] (beyond 2 the
+            component along `v` is reversed and amplified). Defaults to
+            `0.2`.
         correction: `"reference"` or `"projection"`. Defaults to
             `"reference"`.
-        hessian_training: Take the Hessian in training mode instead of
-            inference mode. Defaults to `False`.
-        hvp_mode: `"reverse_over_reverse"` or `"forward_over_backward"`.
-            Defaults to `"reverse_over_reverse"`.
-        seed: Seed of the Gaussian initial vector. Defaults to `None`.
-        **kwargs: Passed to `keras.layers.Layer` (e.g. `name`).
+        **kwargs: `tracker` or the tracker's arguments: `refresh_every`
+            (defaults to `5`), `num_matvecs` (5), `which`,
+            `hessian_training`, `hvp_mode`, `seed` (see
+            `EigenvectorTracker`); and `keras.layers.Layer` arguments.
 
     Raises:
-        ValueError: if `alpha < 0`, `refresh_every < 1`,
-            `power_iterations < 1`, or `correction` or `hvp_mode` is unknown.
+        ValueError: if an argument is out of range or `correction` unknown.
 
     Example:
 
@@ -88,29 +93,13 @@ class XSAM(SharpnessMethod):
         - [Duan, Chen & Guan, 2026](https://arxiv.org/abs/2601.10251)
     """
 
-    modifies_descent_gradient = True
+    requires_tracker = True
+    default_refresh_every = 5
+    supports_gradient_accumulation = False
 
-    def __init__(
-        self,
-        rho=0.05,
-        alpha=0.2,
-        refresh_every=5,
-        power_iterations=5,
-        correction="reference",
-        hessian_training=False,
-        hvp_mode="reverse_over_reverse",
-        seed=None,
-        **kwargs,
-    ):
-        eigenvector = EigenvectorTracker(
-            refresh_every=refresh_every,
-            power_iterations=power_iterations,
-            hessian_training=hessian_training,
-            hvp_mode=hvp_mode,
-            seed=seed,
-        )
-        super().__init__(rho=rho, eigenvector=eigenvector, **kwargs)
-        self.alpha = validation.check_number("alpha", alpha, minimum=0.0)
+    def __init__(self, rho=0.05, alpha=0.2, correction="reference", **kwargs):
+        super().__init__(rho=rho, **kwargs)
+        self.alpha = validation.check_number("alpha", alpha, minimum=0.0, maximum=2.0)
         self.correction = validation.check_choice(
             "correction", correction, CORRECTIONS
         )
@@ -118,12 +107,13 @@ class XSAM(SharpnessMethod):
     def perturbation(self, context):
         return sam_perturbation(context.grads, self.rho, context.grad_norm)
 
-    def eigen_alignment(self, grad_cosine):
-        return grad_cosine  # SAM's perturbation: e ∥ g
-
-    def descent_gradient(self, context, perturbed_grads):
+    def descent(self, context):
+        perturbed = context.gradient_at(self.step_perturbation(context))
         return x_sam_descent(
-            perturbed_grads, self.eigenvector.values(), self.alpha, self.correction
+            context.all_reduce_mean(perturbed),
+            context.memo("eigenvector", self.tracker.values),
+            self.alpha,
+            self.correction,
         )
 
     def get_config(self):

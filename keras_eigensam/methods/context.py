@@ -1,0 +1,237 @@
+"""`StepContext`: what a sharpness-aware method sees of one training step."""
+
+from keras import ops
+from keras import tree
+
+from keras_eigensam import linalg
+
+
+class StepContext:
+    """One training step, as a method sees it.
+
+    `SharpnessAwareModel.train_step` builds one per step after the first
+    forward-backward pass and hands it to the method, which computes the
+    descent gradient from it: it reads the first-pass gradient and the step's
+    facts, decides whether (and on which examples) to take a second pass, and
+    stages its state writes, which the model commits only if the step is
+    finite.
+
+    Attributes:
+        step: The optimizer's iteration count before this step's update (an
+            integer scalar tensor; under gradient accumulation it counts
+            optimizer steps, not micro-batches). Schedules key on it, so
+            they survive `steps_per_execution > 1`, restarts and
+            `BackupAndRestore`.
+        loss: The first-pass mean loss of this replica's batch, at true scale
+            (a float32 scalar tensor).
+        variables: The model's trainable variables.
+        weights: Their values at the start of the step (list of tensors).
+        grads: The first-pass gradient `∇L_B(w)` of the mean loss, at true
+            scale (loss scaling and the per-replica `1/num_replicas` factor
+            removed). With `perturbation_scope="replica"` it is this
+            replica's gradient, with `"global"` the all-reduced one.
+        is_normalization: One Python bool per variable: whether it belongs
+            to a normalisation layer (BatchNormalization, LayerNormalization,
+            GroupNormalization, …), for rules that perturb only those
+            (SAM-ON).
+        optimizer: The model's optimizer (possibly a `LossScaleOptimizer`).
+        num_replicas: The number of replicas in sync (a Python int).
+    """
+
+    def __init__(
+        self,
+        *,
+        step,
+        loss,
+        variables,
+        weights,
+        grads,
+        is_normalization,
+        optimizer,
+        num_replicas,
+        gradient_at,
+        with_hessian,
+        all_reduce_mean,
+        cond,
+    ):
+        self.step = step
+        self.loss = loss
+        self.variables = variables
+        self.weights = weights
+        self.grads = grads
+        self.is_normalization = tuple(is_normalization)
+        self.optimizer = optimizer
+        self.num_replicas = num_replicas
+        self._gradient_at = gradient_at
+        self._with_hessian = with_hessian
+        self._all_reduce_mean = all_reduce_mean
+        self._cond = cond
+        self._memo = {}
+        self._branch_depth = 0
+        self.staged = []
+
+    # ------------------------------------------------------------ step facts
+
+    @property
+    def learning_rate(self):
+        """The optimizer's current learning rate (a float scalar tensor).
+
+        With a `LearningRateSchedule` it is the schedule at `step`, so rules
+        that follow the rate (GSAM's ρ) see the rate of the update being
+        computed; `ReduceLROnPlateau` changes are seen the step after.
+        """
+        return self.memo(
+            "learning_rate",
+            lambda: ops.cast(_inner_optimizer(self.optimizer).learning_rate, "float32"),
+        )
+
+    @property
+    def grad_norm(self):
+        """`‖grads‖`, computed once per step (most rules need it)."""
+        return self.memo("grad_norm", lambda: linalg.global_norm(self.grads))
+
+    def momentum(self):
+        """The optimizer's accumulated gradient direction, or `None`.
+
+        One tensor per variable pointing *along* the accumulated gradient
+        (uphill, like `grads`), read from the optimizer's slots before this
+        step's update:
+
+        - `keras.optimizers.SGD` with `momentum > 0`: minus its velocity
+          `m` (Keras stores `m ← μ·m − lr·g`, so `−m = lr·Σ μ^k g`);
+        - Adam-family optimizers (`Adam`, `AdamW`, `Adamax`, `Nadam`,
+          `Lion`, …) and `RMSprop` with momentum: their first moment
+          (`_momentums`), which is `+g`-signed.
+
+        Returns `None` when the optimizer keeps no such slot (SGD without
+        momentum, Adagrad, …) or has not been built yet.
+        """
+
+        def read():
+            optimizer = _inner_optimizer(self.optimizer)
+            slots = getattr(optimizer, "momentums", None)
+            sign = -1.0
+            if not slots:
+                slots, sign = getattr(optimizer, "_momentums", None), 1.0
+            if not slots:
+                return None
+            values = []
+            for variable in self.variables:
+                slot = slots[optimizer._get_variable_index(variable)]
+                values.append(ops.multiply(ops.cast(slot.value, "float32"), sign))
+            return values
+
+        return self.memo("momentum", read)
+
+    # ------------------------------------------------------------- passes
+
+    def gradient_at(self, perturbation, examples=None):
+        """The gradient `∇L_B(w + e)` of the mean loss, at true scale.
+
+        A forward-backward pass on perturbed weight *values*: no variable is
+        written (BatchNormalization statistics are not updated) and dropout
+        replays the first pass's masks. It is replica-local (no collective),
+        so a method may call it inside `cond` to take the second pass only on
+        some steps, and a skipped pass costs nothing.
+
+        Args:
+            perturbation: List of tensors shaped like `weights` (`e`).
+            examples: Optional integer tensor of indices into this replica's
+                batch: the pass runs on those examples only (ESAM-style
+                data selection), and the gradient is that of their mean loss.
+                Defaults to `None` (the whole batch).
+
+        Returns:
+            A list of tensors shaped like `weights`. If the loss at `w + e`
+            is not finite, they are NaN, so the step is skipped.
+        """
+        return self._gradient_at(perturbation, examples)
+
+    def with_hessian(self, pred, fn, default, *, training=False, mode="reverse_over_reverse"):
+        """`fn(matvec)` if the scalar boolean `pred`, else `default`.
+
+        `matvec(vectors)` is the Hessian-vector product of the loss on this
+        step's global batch at `weights` (all-reduced, identical on every
+        replica), taken at true scale in float32 (no loss scaling), with the
+        model in training (`training=True`) or inference mode. `fn` returns
+        a structure of tensors shaped like `default`; it must be identical on
+        every replica (computed from products), and it may contain
+        collectives, so call this outside `cond`. `pred` must be identical on
+        every replica too (the step count is). `mode` is the HVP algorithm
+        (see `keras_eigensam.hessian.hvp`).
+        """
+        return self._with_hessian(pred, fn, default, training, mode)
+
+    def all_reduce_mean(self, values):
+        """The mean of `values` (a list of tensors) over replicas.
+
+        A collective: call it outside `cond`. Rules that are not linear in
+        the gradient (normalisation, projections) apply it to the
+        second-pass gradients first, so that the step is that of the global
+        batch and does not depend on the number of replicas.
+        """
+        if self.num_replicas == 1:
+            return values
+        return self._all_reduce_mean(values)
+
+    def cond(self, pred, true_fn, false_fn):
+        """`true_fn()` if the scalar boolean `pred`, else `false_fn()`.
+
+        A graph conditional (also under XLA and `steps_per_execution > 1`):
+        only the branch taken runs. Both branches return the same structure
+        of tensors. Branches may call `gradient_at`, but no collective
+        (`all_reduce_mean`, `with_hessian`) and no `assign`: return the new
+        state from the branch and `assign` it after.
+        """
+        def branch(fn):
+            def run():
+                self._branch_depth += 1
+                try:
+                    return fn()
+                finally:
+                    self._branch_depth -= 1
+
+            return run
+
+        return self._cond(pred, branch(true_fn), branch(false_fn))
+
+    # ----------------------------------------------------- state and memo
+
+    def assign(self, variable, value):
+        """Stages `variable ← value`, committed only if the step is finite.
+
+        Method state (an EMA, a stored direction, the eigenvector) is written
+        through here, never with `variable.assign`, so a skipped
+        (non-finite) step leaves it unchanged. Later stages of the same
+        variable in one step replace earlier ones.
+        """
+        if self._branch_depth:
+            raise RuntimeError(
+                "`StepContext.assign` was called inside a `cond` branch. "
+                "Return the new value from the branch and assign it after."
+            )
+        self.staged = [(v, x) for v, x in self.staged if v is not variable]
+        self.staged.append((variable, ops.cast(value, variable.dtype)))
+
+    def memo(self, key, compute):
+        """`compute()` the first time `key` is asked for in this step, then
+        the same tensor, so rules and metrics share inner products. Inside a
+        `cond` branch the value is computed but not kept (a branch's tensors
+        cannot be used outside it)."""
+        if key in self._memo:
+            return self._memo[key]
+        value = compute()
+        if not self._branch_depth:
+            self._memo[key] = value
+        return value
+
+
+def _inner_optimizer(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def gather_examples(structure, examples):
+    """Rows `examples` of every tensor in `structure` (None passes)."""
+    if structure is None:
+        return None
+    return tree.map_structure(lambda t: ops.take(t, examples, axis=0), structure)

@@ -1,0 +1,330 @@
+"""`EigenvectorTracker`: the top Hessian eigenvector, refreshed inside the train step.
+
+Eigen-SAM and X-SAM need `v`, the top eigenvector of the Hessian of the
+training loss, and any other method can track it to report how its
+perturbation aligns with it. A tracker owns that estimate (non-trainable
+float32 variables of the method that holds it, identical on every replica,
+saved with the model), refreshes it on a schedule inside the compiled step,
+and computes the per-step curvature metrics.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_eigensam import hessian
+from keras_eigensam import linalg
+from keras_eigensam import validation
+
+HVP_MODES = ("forward_over_backward", "reverse_over_reverse")
+WHICH = ("largest", "magnitude")
+
+#: Names of the per-step metrics, fixed (they appear in History).
+METRIC_NAMES = ("top_eigenvalue", "eigen_alignment", "grad_eigen_cosine")
+
+#: The constructor arguments, also accepted by every method's constructor.
+ARGUMENTS = (
+    "refresh_every",
+    "num_matvecs",
+    "power_iterations",
+    "which",
+    "hessian_training",
+    "hvp_mode",
+    "seed",
+)
+
+
+class EigenvectorTracker:
+    """Top Hessian eigenvector estimate, refreshed on a schedule.
+
+    The refresh runs when `optimizer.iterations % refresh_every == 0` (the
+    first at step 0), as a graph conditional inside the train step, so the
+    schedule is exact with `steps_per_execution > 1`, `jit_compile=True`,
+    after a restart and under any strategy. It spends `num_matvecs`
+    Hessian-vector products of the loss on the current global batch
+    (all-reduced over replicas, at true scale in float32), warm-started from
+    the previous estimate:
+
+    ```
+    which="largest":   Lanczos (full reorthogonalisation) from v_prev;
+                       v, λ = the Ritz pair of largest λ (λ_max, algebraic)
+    which="magnitude": power iteration, v ← Hv/‖Hv‖ num_matvecs times;
+                       λ = <v, Hv> (the eigenvalue of largest |λ|)
+    ```
+
+    The papers mean λ_max, the largest eigenvalue, and so does the default.
+    Power iteration (the Eigen-SAM and X-SAM reference codes' algorithm)
+    converges to the eigenvalue of largest magnitude, which early in
+    training is often a negative one: then the tracked vector points along
+    the most negative curvature. `"magnitude"` keeps that behaviour. The
+    logged `top_eigenvalue` is signed, so which one was found is visible.
+
+    A refresh whose result is not finite or zero keeps the previous estimate
+    and is counted in `num_failed_refreshes` instead of `num_refreshes`; a
+    refresh on a step that is then skipped (non-finite) changes nothing.
+    The estimate is read normalised to unit norm, so `v` is a unit vector
+    from the first step on, before any refresh.
+
+    Args:
+        refresh_every: Optimizer steps between refreshes. Defaults to `100`
+            (Eigen-SAM's reference; X-SAM's reference refreshes every 5).
+        num_matvecs: Hessian-vector products per refresh (Lanczos steps or
+            power iterations). Defaults to `5`.
+        power_iterations: Former name of `num_matvecs`, accepted for
+            configurations saved by keras-eigensam 0.1. Defaults to `None`.
+        which: `"largest"` (λ_max) or `"magnitude"` (largest |λ|, the
+            reference codes' power iteration). Defaults to `"largest"`.
+        hessian_training: If `False`, the Hessian is that of the model in
+            inference mode (BatchNormalization on moving statistics, dropout
+            off), as in the Eigen-SAM reference code; if `True`, in training
+            mode (batch statistics). Defaults to `False`.
+        hvp_mode: `"reverse_over_reverse"` (forward and first backward pass
+            recorded once, one backward pass per product) or
+            `"forward_over_backward"`. Defaults to `"reverse_over_reverse"`
+            (see `benchmarks/hessian.md`).
+        seed: Seed of the Gaussian initial vector. Defaults to `None`.
+
+    Raises:
+        ValueError: if an argument is out of range or unknown.
+
+    Example:
+
+    ```python
+    tracker = EigenvectorTracker(refresh_every=20, num_matvecs=8)
+    model = SharpnessAwareModel(net, method=SAM(rho=0.05, tracker=tracker))
+    ```
+
+    Reference:
+        - [Luo et al., 2024](https://arxiv.org/abs/2501.12666) (Eigen-SAM)
+        - [Golub & Van Loan, Matrix Computations, §10.1](
+          https://jhupbooks.press.jhu.edu/title/matrix-computations) (Lanczos)
+    """
+
+    def __init__(
+        self,
+        refresh_every=100,
+        num_matvecs=5,
+        power_iterations=None,
+        which="largest",
+        hessian_training=False,
+        hvp_mode="reverse_over_reverse",
+        seed=None,
+    ):
+        self.refresh_every = validation.check_int(
+            "refresh_every", refresh_every, minimum=1
+        )
+        if power_iterations is not None:
+            num_matvecs = validation.check_int(
+                "power_iterations", power_iterations, minimum=1
+            )
+        self.num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
+        self.which = validation.check_choice("which", which, WHICH)
+        self.hessian_training = validation.check_bool(
+            "hessian_training", hessian_training
+        )
+        self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
+        if seed is not None:
+            seed = validation.check_int("seed", seed)
+        self.seed = seed
+        self.vector = None
+        self.eigenvalue = None
+        self.num_refreshes = None
+        self.num_failed_refreshes = None
+        self._owner = None
+
+    def get_config(self):
+        return {
+            "refresh_every": self.refresh_every,
+            "num_matvecs": self.num_matvecs,
+            "which": self.which,
+            "hessian_training": self.hessian_training,
+            "hvp_mode": self.hvp_mode,
+            "seed": self.seed,
+        }
+
+    def build(self, layer, variable_shapes):
+        """Creates the state as weights of `layer` (the owning method).
+
+        The order of the weights is that of keras-eigensam 0.1 (vector,
+        `top_eigenvalue`, `num_refreshes`) plus what was added since, so
+        files saved by 0.1 load.
+        """
+        if self._owner is not None and self._owner is not layer:
+            raise ValueError(
+                "An `EigenvectorTracker` can belong to one method only. "
+                f"Received: a tracker already used by {self._owner.name!r}, "
+                f"passed to {layer.name!r}; create one tracker per method."
+            )
+        self._owner = layer
+        # `only_first_replica`: every replica computes the same vector from
+        # all-reduced products; take one copy rather than average copies.
+        self.vector = [
+            layer.add_state(
+                f"eigenvector_{i}",
+                shape,
+                initializer=_normal(None if self.seed is None else self.seed + i),
+            )
+            for i, shape in enumerate(variable_shapes)
+        ]
+        self.eigenvalue = layer.add_state("top_eigenvalue", ())
+        self.num_refreshes = layer.add_state("num_refreshes", (), dtype="int64")
+        self.num_failed_refreshes = layer.add_state(
+            "num_failed_refreshes", (), dtype="int64"
+        )
+
+    def values(self):
+        """The current estimate, normalised to unit norm (list of tensors)."""
+        unit, _ = linalg.normalize([v.value for v in self.vector])
+        return unit
+
+    def refresh(self, context):
+        """Refreshes the estimate if this step is on the schedule.
+
+        Stages the new state through `context.assign` and returns the vector
+        that this step uses (refreshed or not), also kept as
+        `context.memo("eigenvector")`.
+        """
+        due = ops.equal(
+            ops.mod(ops.cast(context.step, "int64"), self.refresh_every), 0
+        )
+        current = self.values()
+        previous = self.eigenvalue.value
+
+        def compute(matvec):
+            if self.which == "magnitude":
+                eigenvalue, vector = hessian.power_iteration(
+                    matvec, current, self.num_matvecs, final_update=True
+                )
+            else:
+                eigenvalue, vector = lanczos_top_eigenpair(
+                    matvec, current, self.num_matvecs
+                )
+            norm = linalg.global_norm(vector)
+            ok = ops.logical_and(
+                ops.logical_and(ops.isfinite(eigenvalue), ops.isfinite(norm)),
+                norm > 0,
+            )
+            vector = [ops.where(ok, v, c) for v, c in zip(vector, current)]
+            return vector, ops.where(ok, eigenvalue, previous), ok
+
+        vector, eigenvalue, ok = context.with_hessian(
+            due,
+            compute,
+            (current, previous, ops.convert_to_tensor(False)),
+            training=self.hessian_training,
+            mode=self.hvp_mode,
+        )
+        for variable, value in zip(self.vector, vector):
+            context.assign(variable, value)
+        context.assign(self.eigenvalue, eigenvalue)
+        succeeded = ops.cast(ops.logical_and(due, ok), "int64")
+        failed = ops.cast(ops.logical_and(due, ops.logical_not(ok)), "int64")
+        context.assign(self.num_refreshes, self.num_refreshes.value + succeeded)
+        context.assign(
+            self.num_failed_refreshes, self.num_failed_refreshes.value + failed
+        )
+        context.memo("eigenvector", lambda: vector)
+        context.memo("eigenvalue", lambda: eigenvalue)
+        return vector
+
+    def grad_cosine(self, context):
+        """Signed `cos(g, v)` for this step."""
+        return context.memo(
+            "grad_eigen_cosine",
+            lambda: linalg.inner(context.grads, context.memo("eigenvector", self.values))
+            / (context.grad_norm + linalg.EPSILON),
+        )
+
+    def metrics(self, context, perturbation):
+        """`top_eigenvalue`, `eigen_alignment` (|cos(e, v)|), `grad_eigen_cosine`.
+
+        Both cosines are absolute values, since the sign of an eigenvector is
+        arbitrary; `top_eigenvalue` is the signed Rayleigh quotient of the
+        last refresh.
+        """
+        vector = context.memo("eigenvector", self.values)
+        return {
+            "top_eigenvalue": context.memo("eigenvalue", lambda: self.eigenvalue.value),
+            "eigen_alignment": ops.abs(linalg.cosine(perturbation, vector)),
+            "grad_eigen_cosine": ops.abs(self.grad_cosine(context)),
+        }
+
+
+def lanczos_top_eigenpair(matvec, v0, num_matvecs):
+    """Largest (algebraic) Ritz pair after `num_matvecs` Lanczos steps from `v0`.
+
+    Lanczos with full reorthogonalisation (twice, classical Gram-Schmidt)
+    builds an orthonormal basis `Q` of the Krylov space
+    `span{v0, Hv0, …, H^(m−1) v0}` and the tridiagonal `T = QᵀHQ`; the
+    largest eigenvalue θ of `T` and `v = Q y` (its eigenvector `y`) are the
+    best estimate of `(λ_max, v_max)` that the space holds, never worse than
+    the Rayleigh quotient of `v0`. The loop is unrolled in Python (no
+    `while_loop`, so `matvec` may all-reduce through `merge_call`), and the
+    basis is kept as one `(m, n)` matrix of flattened vectors so the
+    reorthogonalisation is two matrix products per step. On breakdown (an
+    invariant subspace) later basis vectors are zero and their spurious Ritz
+    values are ignored.
+
+    Args:
+        matvec: Function `vectors -> H·vectors` (lists of tensors).
+        v0: Start vector (list of tensors), not zero.
+        num_matvecs: Number of products, a Python int >= 1.
+
+    Returns:
+        `(eigenvalue, eigenvector)`: a scalar tensor and a unit-norm list of
+        tensors.
+    """
+    like = list(v0)
+    start, _ = linalg.normalize(like)
+    q = _flat(start)
+    basis, alphas, betas, valid = [q], [], [], [ops.convert_to_tensor(True)]
+    w = _flat(matvec(start))
+    for j in range(num_matvecs):
+        alphas.append(ops.sum(q * w))
+        if j == num_matvecs - 1:
+            break
+        stacked = ops.stack(basis)
+        for _ in range(2):
+            w = w - ops.matmul(ops.matmul(stacked, w), stacked)
+        beta = linalg.global_norm([w])
+        scale = ops.max(ops.abs(ops.stack(alphas))) + (
+            ops.max(ops.stack(betas)) if betas else 0.0
+        )
+        ok = beta > 1e-6 * scale
+        q = w * ops.where(ok, 1.0 / ops.where(ok, beta, 1.0), 0.0)
+        betas.append(ops.where(ok, beta, 0.0))
+        valid.append(ok)
+        basis.append(q)
+        w = _flat(matvec(_unflat(q, like)))
+    alpha = ops.stack(alphas)
+    tridiagonal = ops.diag(alpha)
+    if betas:
+        off = ops.pad(ops.diag(ops.stack(betas)), [[0, 1], [1, 0]])
+        tridiagonal = tridiagonal + off + ops.transpose(off)
+    # eigh raises on a non-finite matrix (a NaN product): decompose zeros
+    # instead and report a NaN eigenvalue, which the caller rejects.
+    finite = ops.all(ops.isfinite(tridiagonal))
+    theta, y = ops.eigh(ops.where(finite, tridiagonal, ops.zeros_like(tridiagonal)))
+    # A Ritz vector that lives on zero basis vectors (after a breakdown) is
+    # spurious: its Ritz value is 0 whatever H is.
+    mass = ops.matmul(ops.cast(ops.stack(valid), y.dtype), ops.square(y))
+    score = ops.where(mass > 0.5, theta, ops.full_like(theta, -float("inf")))
+    index = ops.argmax(score)
+    vector = ops.matmul(ops.take(y, index, axis=1), ops.stack(basis[: len(alphas)]))
+    vector, _ = linalg.normalize([vector])
+    eigenvalue = ops.where(finite, ops.take(theta, index), float("nan"))
+    return eigenvalue, _unflat(vector[0], like)
+
+
+def _flat(tensors):
+    return ops.concatenate([ops.reshape(t, (-1,)) for t in tensors])
+
+
+def _unflat(flat, like):
+    sizes = [int(np.prod(t.shape)) for t in like]
+    pieces = ops.split(flat, np.cumsum(sizes)[:-1].tolist()) if len(like) > 1 else [flat]
+    return [ops.reshape(p, t.shape) for p, t in zip(pieces, like)]
+
+
+def _normal(seed):
+    return keras.initializers.RandomNormal(seed=seed)
