@@ -39,7 +39,8 @@ class MethodEntry:
         descent: The gradient handed to the base optimizer (markdown).
         passes: Cost per step in forward-backward passes (markdown).
         reference: Markdown link to the paper.
-        summary: One line for the scripts' `--method` help.
+        summary: A clause for the scripts' `--method` help (no class name,
+            no final period).
     """
 
     name: str
@@ -59,7 +60,7 @@ _ENTRIES = (
         descent="`∇L(w+e)`",
         passes=f"2 (+ {_REFRESH} with `track_eigen=True`)",
         reference="[Foret et al., 2021](https://arxiv.org/abs/2010.01412)",
-        summary="SAM: descend from the worst point of a ρ-ball along the gradient.",
+        summary="descend from the worst point of a ρ-ball along the gradient",
     ),
     MethodEntry(
         name="asam",
@@ -68,7 +69,7 @@ _ENTRIES = (
         descent="`∇L(w+e)`",
         passes="2",
         reference="[Kwon et al., 2021](https://arxiv.org/abs/2102.11600)",
-        summary="ASAM: SAM in weight-scaled coordinates (scale-invariant sharpness).",
+        summary="SAM in weight-scaled coordinates (scale-invariant sharpness)",
     ),
     MethodEntry(
         name="eigensam",
@@ -77,7 +78,7 @@ _ENTRIES = (
         descent="`∇L(w+e)`",
         passes=f"2 + {_REFRESH}",
         reference="[Luo et al., 2024](https://arxiv.org/abs/2501.12666)",
-        summary="Eigen-SAM: SAM's perturbation tilted toward the top Hessian eigenvector.",
+        summary="SAM's perturbation tilted toward the top Hessian eigenvector",
     ),
     MethodEntry(
         name="xsam",
@@ -86,7 +87,7 @@ _ENTRIES = (
         descent="`ĝ_a − α sign(c) c v` (`reference`) or `ĝ_a − α c v` (`projection`)",
         passes=f"2 + {_REFRESH}",
         reference="[Duan, Chen & Guan, 2026](https://arxiv.org/abs/2601.10251)",
-        summary="X-SAM: SAM's descent gradient corrected along the top eigenvector.",
+        summary="SAM's descent gradient corrected along the top eigenvector",
     ),
 )
 _BY_NAME = {entry.name: entry for entry in _ENTRIES}
@@ -134,15 +135,37 @@ def check_arguments(name, arguments):
     Raises:
         ValueError: naming the unknown keys and the accepted ones.
     """
-    accepted = [p.name for p in _parameters(name)]
-    unknown = sorted(set(arguments) - set(accepted))
+    split_arguments([name], arguments)
+
+
+def split_arguments(names, arguments):
+    """`{name: the part of arguments its constructor takes}` for each name.
+
+    Lets one set of arguments serve several methods (a comparison's): each
+    gets the keys it takes.
+
+    Raises:
+        ValueError: if none of the methods takes some key, naming the keys
+            and the ones they take.
+    """
+    accepted = {name: {p.name for p in _parameters(name)} for name in names}
+    everyone = sorted(set().union(*accepted.values()))
+    unknown = sorted(set(arguments) - set(everyone))
     if unknown:
+        keys = ", ".join(f"`{key}`" for key in unknown)
+        if len(names) == 1:
+            who = (
+                f"Method {names[0]!r} ({get(names[0]).cls.__name__}) takes no "
+                f"argument {keys}; its arguments are"
+            )
+        else:
+            who = f"No method of {list(names)} takes {keys}; they take"
         received = ", ".join(f"{key}={arguments[key]!r}" for key in unknown)
-        raise ValueError(
-            f"Method {name!r} ({get(name).cls.__name__}) takes no argument "
-            f"{', '.join(f'`{key}`' for key in unknown)}; its arguments are "
-            f"{sorted(accepted)}. Received: {received}"
-        )
+        raise ValueError(f"{who} {everyone}. Received: {received}")
+    return {
+        name: {k: v for k, v in arguments.items() if k in accepted[name]}
+        for name in names
+    }
 
 
 def create(name, **kwargs):
