@@ -8,8 +8,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "`gpu` extra: `pip install 'keras-eigensam[cpu]'`."
     ) from e
 
-from keras_eigensam import architectures
-from keras_eigensam import data
 import keras as _keras
 
 if _keras.backend.backend() != "tensorflow":  # pragma: no cover
@@ -22,7 +20,6 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover
 from keras_eigensam import callbacks
 from keras_eigensam import hessian
 from keras_eigensam import linalg
-from keras_eigensam import plotting
 from keras_eigensam.methods import ASAM
 from keras_eigensam.methods import SAM
 from keras_eigensam.methods import EigenSAM
@@ -31,6 +28,9 @@ from keras_eigensam.methods import XSAM
 from keras_eigensam.methods import SharpnessMethod
 from keras_eigensam.methods import StepContext
 from keras_eigensam.model import SharpnessAwareModel
+
+# Last: the experiment harness builds on everything above.
+from keras_eigensam import experiments  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -43,10 +43,8 @@ __all__ = [
     "SharpnessMethod",
     "StepContext",
     "XSAM",
-    "architectures",
     "callbacks",
-    "data",
+    "experiments",
     "hessian",
     "linalg",
-    "plotting",
 ]

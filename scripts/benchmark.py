@@ -3,10 +3,12 @@ r"""Step-time benchmarks of SGD and the SAM family, with tf_keras's SAM as incum
 Times one training step (`train_on_batch` on a fixed batch, through Keras's
 compiled train function) of every method on the same architecture, warm-up
 excluded, the methods interleaved round by round so that machine noise hits
-all of them alike, and reports medians and ratios to SGD. Eigen-SAM and X-SAM
-are timed separately on steps with and without an eigenvector refresh (the
-step counter is set before each step), and their cost at a refresh period `k`
-is amortised as `t_plain + (t_refresh − t_plain) / k`.
+all of them alike, and reports medians and ratios to SGD. The methods are
+`sgd` and those of `keras_eigensam.methods.registry`, with their default
+arguments; those that refresh an eigenvector (Eigen-SAM, X-SAM) are timed
+separately on steps with and without a refresh (the step counter is set
+before each step), and their cost at a refresh period `k` is amortised as
+`t_plain + (t_refresh − t_plain) / k`.
 
 tf_keras's `SharpnessAwareMinimization` (Keras 2) is timed in its own process
 on the same architecture (built by the same code with tf_keras's layers), with
@@ -34,17 +36,18 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
 
+from keras_eigensam.experiments import config  # noqa: E402
+from keras_eigensam.methods import registry  # noqa: E402
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet18", "Architecture name (keras_eigensam.architectures).")
+flags.DEFINE_string("model", "resnet18", "Architecture name (keras_eigensam.experiments.architectures).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_list("input_shape", ["32", "32", "3"], "Input shape.")
 flags.DEFINE_integer("num_classes", 10, "Number of classes.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 flags.DEFINE_integer("steps_per_round", 3, "Timed steps per method per round.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per method before timing.")
-flags.DEFINE_list(
-    "methods", ["sgd", "sam", "asam", "eigensam", "xsam"], "Methods to time."
-)
+flags.DEFINE_list("methods", list(config.METHODS), "Methods to time (sgd first).")
 flags.DEFINE_list("refresh_periods", ["100", "5"], "k for the amortised figures.")
 flags.DEFINE_integer("power_iterations", 5, "Power iterations per refresh.")
 flags.DEFINE_enum(
@@ -65,9 +68,9 @@ _OTHER_SUITES = {"hvp": "benchmark_hessian.py", "eigenvector": "benchmark_eigenv
 
 
 def _versions():
-    from keras_eigensam import training
+    from keras_eigensam.experiments import results
 
-    return {**training.versions(), "device": training.cpu_name()}
+    return {**results.versions(), "device": results.cpu_name()}
 
 
 def _batch():
@@ -81,22 +84,25 @@ def _batch():
 
 
 def _make_method(name):
-    import keras_eigensam as ks
+    """The method with its defaults; one that refreshes an eigenvector with
+    the flags' refresh settings."""
+    method = registry.create(name)
+    if _refreshes(method):
+        method = registry.create(
+            name, power_iterations=FLAGS.power_iterations, hvp_mode=FLAGS.hvp_mode, seed=0
+        )
+    return method
 
-    common = dict(power_iterations=FLAGS.power_iterations, hvp_mode=FLAGS.hvp_mode, seed=0)
-    return {
-        "sam": lambda: ks.SAM(rho=0.05),
-        "asam": lambda: ks.ASAM(rho=0.5),
-        "eigensam": lambda: ks.EigenSAM(rho=0.05, alpha=0.2, refresh_every=100, **common),
-        "xsam": lambda: ks.XSAM(rho=0.05, alpha=0.2, refresh_every=100, **common),
-    }[name]()
+
+def _refreshes(method):
+    return bool(method is not None and method.metric_names)
 
 
 def _build(name):
     import keras
 
     import keras_eigensam as ks
-    from keras_eigensam import architectures
+    from keras_eigensam.experiments import architectures
 
     shape = tuple(int(s) for s in FLAGS.input_shape)
     net = architectures.build(FLAGS.model, shape, FLAGS.num_classes)
@@ -120,10 +126,10 @@ def _time(model, x, y, steps, iteration=None):
     return times
 
 
-def _variants(method):
+def _variants(method, model):
     """(label, iteration to set before each step or None)."""
-    if method in ("eigensam", "xsam"):
-        # Refresh when iterations % k == 0 (k = 100 here): 1 is a plain step.
+    if _refreshes(getattr(model, "method", None)):
+        # A refresh when iterations % k == 0: with k > 1, 1 is a plain step.
         return [(method, 1), (f"{method}_refresh", 0)]
     return [(method, None)]
 
@@ -147,14 +153,16 @@ def _interleaved(builders, x, y, memory=None):
     models = {}
     for method in FLAGS.methods:
         models[method] = builders(method)
-        for label, iteration in _variants(method):
+        for label, iteration in _variants(method, models[method]):
             _time(models[method], x, y, FLAGS.warmup, iteration)
             if memory is not None:
                 memory[label] = _peak_step_memory_mb(models[method], x, y, iteration)
-    samples = {label: [] for m in FLAGS.methods for label, _ in _variants(m)}
+    samples = {
+        label: [] for m in FLAGS.methods for label, _ in _variants(m, models[m])
+    }
     for _ in range(FLAGS.rounds):
         for method in FLAGS.methods:
-            for label, iteration in _variants(method):
+            for label, iteration in _variants(method, models[method]):
                 steps = FLAGS.steps_per_round if iteration != 0 else 1
                 samples[label] += _time(models[method], x, y, steps, iteration)
     return samples
@@ -164,7 +172,7 @@ def _tf_keras_worker():
     """Times tf_keras's SAM and SGD on the same architecture; prints JSON."""
     import tf_keras
 
-    from keras_eigensam import architectures
+    from keras_eigensam.experiments import architectures
 
     # Same architecture code, with Keras 2's layers and model classes.
     architectures.layers = tf_keras.layers
@@ -228,8 +236,8 @@ def _summary(samples, memory=None):
 def _amortised(rows):
     out = {}
     sgd = rows["sgd"]["median_s"]
-    for method in ("eigensam", "xsam"):
-        if method not in rows or f"{method}_refresh" not in rows:
+    for method in FLAGS.methods:
+        if f"{method}_refresh" not in rows:
             continue
         plain = rows[method]["median_s"]
         refresh = rows[f"{method}_refresh"]["median_s"]
@@ -270,7 +278,8 @@ def _markdown(result):
     if result["amortised"]:
         lines += [
             "",
-            f"Amortised Eigen-SAM / X-SAM ({result['power_iterations']} power iterations, "
+            f"Amortised steps of the methods that refresh an eigenvector "
+            f"({result['power_iterations']} power iterations, "
             f"{result['hvp_mode']}): `t_plain + (t_refresh − t_plain)/k`.",
             "",
             "| method | step (s) | × SGD | × SAM | one refresh, in gradients |",
@@ -315,9 +324,12 @@ def main(argv):
     if "steps" not in FLAGS.suites:
         write_results_index(FLAGS.output_dir)
         return
-    unknown = set(FLAGS.methods) - {"sgd", "sam", "asam", "eigensam", "xsam"}
+    unknown = set(FLAGS.methods) - set(config.METHODS)
     if unknown or "sgd" not in FLAGS.methods:
-        sys.exit(f"--methods must include sgd and name only sgd, sam, asam, eigensam, xsam; got {FLAGS.methods}")
+        sys.exit(
+            f"--methods must include sgd and name only {', '.join(config.METHODS)}; "
+            f"got {FLAGS.methods}"
+        )
     x, y = _batch()
     memory = {}
     samples = _interleaved(_build, x, y, memory)

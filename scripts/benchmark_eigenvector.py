@@ -52,7 +52,7 @@ def _run(power_iterations, x, y):
     import numpy as np
 
     import keras_eigensam as ks
-    from keras_eigensam import architectures
+    from keras_eigensam.experiments import architectures
     from keras_eigensam import hessian
 
     keras.utils.set_random_seed(0)

@@ -39,10 +39,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_eigensam import architectures  # noqa: E402
+from keras_eigensam.experiments import architectures  # noqa: E402
 from keras_eigensam import hessian  # noqa: E402
 from keras_eigensam import linalg  # noqa: E402
-from keras_eigensam import training  # noqa: E402
+from keras_eigensam.experiments import results  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "cnn6", "resnet18"], "Architecture.")
@@ -173,7 +173,7 @@ def run_benchmark():
             "keras": keras.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
-            "cpu": training.cpu_name(),
+            "cpu": results.cpu_name(),
             "cpu_count": os.cpu_count(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),

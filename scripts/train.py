@@ -1,26 +1,29 @@
-r"""Trains one network with SGD, SAM, ASAM, Eigen-SAM or X-SAM.
+r"""Trains one network with SGD or one of the registered methods.
 
     python scripts/train.py                                  # digits, MLP, SAM: offline
-    python scripts/train.py --method=eigensam --alpha=0.1 --epochs=30
+    python scripts/train.py --method=eigensam --method_args=alpha=0.1 --epochs=30
     python scripts/train.py --dataset=cifar10 --data_dir=~/tensorflow_datasets \
         --model=resnet18 --method=sam --rho=0.05 --batch_size=128 --epochs=200 \
         --augment=cutout --learning_rate=0.1 --weight_decay=5e-4
 
-The work is done by `keras_eigensam.training.run`; this script maps flags to
-a `TrainConfig`. Everything goes to `<output_dir>/<run name>/`, the name made
-of the hyperparameters (e.g. `runs/digits-mlp-sam-rho0.05-lr0.1-bs64-e10-s0`):
-`results.json`, `config.json`, `history.csv`, `tensorboard/`, the
-`BackupAndRestore` state in `backup/` (start a killed run again with the same
-flags and it resumes from its last finished epoch; start a finished one and
-its results are printed without training) and the trained network in
-`model.keras`; with `--curvature` also `alignment/` (per-step eigenvector
-alignment, CSV and TensorBoard) and `curvature.png`. The keys of
-`results.json` are listed in `keras_eigensam.training.run`: final and best
-test accuracy, final test and train loss, `num_params`, wall time, steps/s,
-versions, device and every setting (`config`, and the flags in `metadata`).
+The work is done by `keras_eigensam.experiments.run`; this script maps flags
+to a `TrainConfig`. Everything goes to `<output_dir>/<run name>/`, the name
+made of the hyperparameters (e.g.
+`runs/digits-mlp-sam-rho=0.05-lr0.1-bs64-e10-s0`): `results.json`,
+`config.json`, `history.csv`, `tensorboard/`, the `BackupAndRestore` state in
+`backup/` (start a killed run again with the same flags and it resumes from
+its last finished epoch; start a finished one and its results are printed
+without training) and the trained network in `model.keras`; with
+`--curvature` also `alignment/` (per-step eigenvector alignment, CSV and
+TensorBoard) and `curvature.png`. The keys of `results.json` are listed in
+`keras_eigensam.experiments.runner.run`: final and best test accuracy, final
+test and train loss, `num_params`, wall time, steps/s, versions, device and
+every setting (`config`, and the flags in `metadata`).
 
 Defaults worth knowing:
-- `--rho` unset: SAM 0.05, ASAM 0.5, Eigen-SAM 0.05, X-SAM 0.05.
+- `--method` choices and `--method_args` keys come from
+  `keras_eigensam.methods.registry`; unset arguments take the class defaults
+  (the README's method table), `seed` the run's `--seed`.
 - `--learning_rate` unset: 0.1 for `--optimizer=sgd`, 1e-3 for `adamw`.
 - `--weight_decay` is coupled L2 on the kernels (in the loss, so it enters the
   SAM perturbation) for SGD, and decoupled for AdamW.
@@ -41,64 +44,43 @@ import os
 import signal
 import sys
 
-from absl import app
-from absl import flags
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# The names of the choices, without importing TensorFlow: `--help` and flag
-# errors answer at once, and `--logical_cpus` is applied before TensorFlow
-# starts.
-DATASETS = ["digits", "mnist1d", "cifar10", "cifar100", "fashion_mnist", "svhn_cropped"]
-MODELS = ["mlp", "small_cnn", "cnn6", "resnet18", "resnet34", "resnet50", "wrn28_10"]
-METHODS = ["sgd", "sam", "asam", "eigensam", "xsam"]
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+# The choices come from the library. Importing it imports TensorFlow (it
+# takes seconds) but does not start its runtime: `--logical_cpus` applies.
+import keras  # noqa: E402
+import method_flags  # noqa: E402
+
+from keras_eigensam import experiments  # noqa: E402
+from keras_eigensam.experiments import config  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
-    "dataset", "digits", DATASETS, "Dataset (digits and mnist1d are offline)."
+    "dataset", "digits", config.DATASETS, "Dataset (digits and mnist1d are offline)."
 )
 flags.DEFINE_string("data_dir", None, "Directory of prepared TFDS datasets.")
 flags.DEFINE_enum(
-    "model", "mlp", MODELS, "Architecture (keras_eigensam.architectures)."
+    "model", "mlp", config.MODELS, "Architecture (experiments.architectures)."
 )
 flags.DEFINE_enum(
     "augment",
     "standard",
-    ["none", "standard", "cutout", "randaugment"],
+    config.AUGMENTATIONS,
     "Training augmentation; cutout and randaugment use keras-cv (images only).",
 )
-flags.DEFINE_enum("method", "sam", METHODS, "Training method.")
-flags.DEFINE_float(
-    "rho", None, "Perturbation radius (unset: per-method default).", lower_bound=0.0
-)
-flags.DEFINE_float(
-    "alpha", None, "Eigen-SAM/X-SAM eigenvector weight (unset: 0.2).", lower_bound=0.0
-)
-flags.DEFINE_float("eta", None, "ASAM's offset of |w| (unset: 0.01).", lower_bound=0.0)
-flags.DEFINE_integer(
-    "refresh_every",
-    None,
-    "Steps between eigenvector refreshes "
-    "(unset: Eigen-SAM 100, X-SAM 5; SAM with --curvature 100).",
-    lower_bound=1,
-)
-flags.DEFINE_integer(
-    "power_iterations", None, "HVPs per refresh (unset: 5).", lower_bound=1
-)
-flags.DEFINE_enum(
-    "correction",
-    None,
-    ["reference", "projection"],
-    "X-SAM correction (unset: reference).",
-)
+flags.DEFINE_enum("method", "sam", config.METHODS, method_flags.method_help())
+method_flags.define_method_args_flags()
 flags.DEFINE_enum(
     "perturbation_scope",
     None,
-    ["replica", "global"],
+    config.PERTURBATION_SCOPES,
     "Perturb each replica with its own gradient, or all with the all-reduced "
     "one (unset: replica).",
 )
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Base optimizer.")
+flags.DEFINE_enum("optimizer", "sgd", config.OPTIMIZERS, "Base optimizer.")
 flags.DEFINE_float(
     "learning_rate", None, "Peak learning rate (unset: sgd 0.1, adamw 1e-3)."
 )
@@ -106,9 +88,7 @@ flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float(
     "weight_decay", 5e-4, "Coupled L2 for sgd, decoupled decay for adamw."
 )
-flags.DEFINE_enum(
-    "schedule", "cosine", ["cosine", "constant"], "Learning-rate schedule."
-)
+flags.DEFINE_enum("schedule", "cosine", config.SCHEDULES, "Learning-rate schedule.")
 flags.DEFINE_float(
     "warmup_epochs", 0.0, "Epochs of linear learning-rate warm-up from 0."
 )
@@ -119,17 +99,12 @@ flags.DEFINE_integer(
     "max_steps_per_epoch", None, "Cut every epoch to this many steps (smoke tests)."
 )
 flags.DEFINE_integer(
-    "seed", 0, "Seed of weights, data order, augmentation and eigenvector."
+    "seed", 0, "Seed of weights, data order, augmentation and the method's."
 )
 flags.DEFINE_integer("steps_per_execution", 1, "Train steps per compiled call.")
 flags.DEFINE_bool("jit_compile", None, "XLA (unset: Keras's auto, on for GPU/TPU).")
 flags.DEFINE_bool("mixed_precision", False, "Train under the mixed_float16 policy.")
-flags.DEFINE_enum(
-    "strategy",
-    "auto",
-    ["auto", "default", "mirrored", "multi_worker", "tpu"],
-    "Distribution strategy.",
-)
+flags.DEFINE_enum("strategy", "auto", config.STRATEGIES, "Distribution strategy.")
 flags.DEFINE_string(
     "tpu", None, "TPU address for --strategy=tpu ('local' on a TPU VM)."
 )
@@ -140,7 +115,8 @@ flags.DEFINE_bool(
     "curvature",
     False,
     "Measure the top Hessian eigenvalue and sharpness every epoch, the eigenvector "
-    "alignment every step (SAM, Eigen-SAM, X-SAM), and plot curvature.png.",
+    "alignment every step (methods that track the top eigenvector; SAM is made "
+    "to), and plot curvature.png.",
 )
 flags.DEFINE_string("output_dir", "runs", "Parent of the run directory.")
 flags.DEFINE_string(
@@ -152,19 +128,16 @@ flags.DEFINE_integer(
     "Testing only: SIGKILL this process after that epoch's backup.",
 )
 
+method_flags.register_method_args_validator("method")
+flags.adopt_module_key_flags(method_flags)
+
 # Flags that are not TrainConfig fields.
-_SCRIPT_FLAGS = ("crash_after_epoch",)
+_SCRIPT_FLAGS = ("rho", "crash_after_epoch")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    # Imported here, after flag parsing: TensorFlow takes seconds to import.
-    import keras
-
-    from keras_eigensam import data
-    from keras_eigensam import training
-
     class CrashAfterEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 == FLAGS.crash_after_epoch:
@@ -172,19 +145,23 @@ def main(argv):
 
     values = FLAGS.flag_values_dict()
     fields = {
-        f: values[f] for f in training.TrainConfig.__dataclass_fields__ if f in values
+        f: values[f] for f in experiments.TrainConfig.__dataclass_fields__ if f in values
     }
+    flag_record = {k: values[k] for k in [*fields, *_SCRIPT_FLAGS]}
     fields["verbose"] = 1 if sys.stdout.isatty() else 2
     callbacks = [CrashAfterEpoch()] if FLAGS.crash_after_epoch else []
-    flag_record = {
-        k: values[k] for k in list(fields) + list(_SCRIPT_FLAGS) if k in values
-    }
     try:
-        config = training.TrainConfig(**fields)
-        results = training.run(
-            config, callbacks=callbacks, metadata={"flags": flag_record}
+        fields["method_args"] = method_flags.method_args(FLAGS.method_args, FLAGS.rho)
+        results = experiments.run(
+            experiments.TrainConfig(**fields),
+            callbacks=callbacks,
+            metadata={"flags": flag_record},
         )
-    except (training.ConfigError, data.DatasetUnavailableError, ImportError) as e:
+    except (
+        experiments.ConfigError,
+        experiments.data.DatasetUnavailableError,
+        ImportError,
+    ) as e:
         # A one-line answer, not a traceback: the user has a setting to fix.
         sys.exit(f"train.py: error: {e}")
     print(summary(results), flush=True)

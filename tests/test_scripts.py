@@ -6,6 +6,7 @@ not depend on the number of replicas, and are compared with one device.
 """
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -18,7 +19,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_eigensam import training
+from keras_eigensam.experiments import config
+from keras_eigensam.experiments.config import ConfigError
+from keras_eigensam.experiments import results as results_lib
+from keras_eigensam.methods import registry
 
 pytestmark = pytest.mark.slow
 
@@ -106,8 +110,9 @@ def assert_same_run(run_dir, reference_dir):
 # ---------------------------------------------------------------- each method
 
 
-@pytest.mark.parametrize("method", ["sgd", "sam", "asam", "eigensam", "xsam"])
+@pytest.mark.parametrize("method", ["sgd", *registry.names()])
 def test_train_writes_results_for_each_method(method, tmp_path, request):
+    """Every registered method runs end to end: a new one joins by itself."""
     if method == "sam":
         # The single-device SAM run of the distribution tests.
         run_dir = request.getfixturevalue("one_device")
@@ -128,7 +133,7 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
         )
         assert summary.endswith("results.json")
     results = json.load(open(os.path.join(run_dir, "results.json")))
-    assert set(results) == set(training.RESULT_KEYS)
+    assert set(results) == set(results_lib.RESULT_KEYS)
     assert results["method"] == method and results["epochs_completed"] == epochs
     assert 0.0 <= results["final_test_accuracy"] <= 1.0
     assert np.isfinite(results["final_train_loss"])
@@ -144,7 +149,17 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
     assert os.path.basename(run_dir) == results["run_name"]
     for name in ("config.json", "history.csv", "model.keras", "backup", "tensorboard"):
         assert os.path.exists(os.path.join(run_dir, name)), name
-    if method in ("eigensam", "xsam"):
+    if method == "sgd":
+        assert results["method_config"] is None
+    else:
+        # Built with the registry's defaults and the run's seed: what the
+        # method reports of its arguments (SAM leaves out those of the
+        # tracker it does not have) agrees with the config.
+        args = results["config"]["method_args"]
+        assert args == config.TrainConfig(method=method).resolved().method_args
+        assert results["method_config"].items() <= args.items()
+        assert results["method_config"]["rho"] == registry.defaults(method)["rho"]
+    if "top_eigenvalue" in results["final_metrics"]:
         assert results["final_metrics"]["top_eigenvalue"] > 0
 
 
@@ -154,7 +169,7 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
 def test_killed_run_resumes_from_its_backup(tmp_path):
     args = [
         "--method=eigensam",
-        "--refresh_every=2",
+        "--method_args=refresh_every=2",
         "--epochs=3",
         "--max_steps_per_epoch=3",
         "--augment=none",
@@ -260,14 +275,49 @@ def test_two_workers_match_one_device(tmp_path, one_device):
 # ---------------------------------------------------------------- bad flags
 
 
+def _method_flags():
+    spec = importlib.util.spec_from_file_location(
+        "method_flags", os.path.join(REPO, "scripts", "method_flags.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_method_args():
+    method_flags = _method_flags()
+    assert method_flags.parse_method_args(
+        ["alpha=0.1", "refresh_every=10", "hessian_training=True", "seed=None",
+         "correction=projection", "hvp_mode='forward_over_backward'"]
+    ) == {
+        "alpha": 0.1,
+        "refresh_every": 10,
+        "hessian_training": True,
+        "seed": None,
+        "correction": "projection",
+        "hvp_mode": "forward_over_backward",
+    }
+    assert method_flags.parse_method_args([]) == {}
+    with pytest.raises(ConfigError, match="must be key=value pairs.*Received: 'alpha'"):
+        method_flags.parse_method_args(["alpha"])
+    with pytest.raises(ConfigError, match="sets `alpha` twice"):
+        method_flags.parse_method_args(["alpha=0.1", "alpha=0.2"])
+
+
 @pytest.mark.parametrize(
     "args, phrase",
     [
         (
             ["--dataset=imagenet"],
-            "flag --dataset=imagenet: value should be one of <digits|",
+            "flag --dataset=imagenet: value should be one of <cifar10|",
         ),
         (["--rho=-0.1"], "flag --rho=-0.1: -0.1 is not a non-negative number"),
+        (
+            ["--method=asam", "--method_args=eta=0.1,alpha=0.1"],
+            "Method 'asam' (ASAM) takes no argument `alpha`; its arguments are "
+            "['eta', 'rho']. Received: alpha=0.1",
+        ),
+        (["--method=xsam", "--method_args=alpha=-1"], "`alpha` must be a float >= 0.0"),
         (
             ["--strategy=mirrored", "--logical_cpus=2", "--batch_size=63"],
             "must be divisible by the number of replicas (2): pass a multiple of 2",
@@ -298,16 +348,17 @@ def test_compare_writes_a_table(tmp_path):
     process = run_script(
         COMPARE,
         "--methods=sgd,sam",
+        "--rho=0.1",
         "--seeds=0",
         "--epochs=1",
         f"--output_dir={tmp_path}",
     )
     assert_ok(process)
     compare_dir = only_run_dir(str(tmp_path))
-    assert os.path.basename(compare_dir).startswith("compare-digits-mlp-sgd_sam-")
+    assert os.path.basename(compare_dir).startswith("compare-digits-mlp-sgd_sam-rho=0.1-")
     table = process.stdout[process.stdout.index("| method |") :].splitlines()
     assert table[2].startswith("| sgd | – |")
-    assert table[3].startswith("| sam | 0.05 |")
+    assert table[3].startswith("| sam | rho=0.1 |")
     with open(os.path.join(compare_dir, "comparison.json")) as f:
         comparison = json.load(f)
     assert [row["method"] for row in comparison["rows"]] == ["sgd", "sam"]

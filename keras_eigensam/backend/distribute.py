@@ -103,3 +103,56 @@ def apply_gradients_if(optimizer, grads, variables, should_apply):
     weight, slot or iteration counter changes.
     """
     replica_cond(should_apply, optimizer.apply, (grads, variables))
+
+
+# ---------------------------------------------------------------------------
+# A workaround for Keras's use of `tf.distribute`.
+
+#: The Keras versions `fix_multi_worker_reduce` patches, `[first, end)` as
+#: (major, minor): from the oldest Keras this package supports (setup.cfg)
+#: to the newest checked to still need it (3.15.1, by the two-worker test of
+#: tests/test_scripts.py). On a newer Keras nothing is patched; if that test
+#: then fails, the bug is still there and `end` moves up.
+KERAS_VERSIONS_WITH_REDUCE_BUG = ((3, 8), (3, 16))
+
+
+def fix_multi_worker_reduce(strategy, keras_version=None):
+    """Lets Keras 3's `fit` run under `MultiWorkerMirroredStrategy`.
+
+    Keras (keras-team/keras#20585) calls `strategy.reduce` on nested
+    structures (the first data batch, in `fit`'s symbolic build) and with
+    `axis=0` on scalar metrics; `MultiWorkerMirroredStrategy.reduce` accepts
+    neither (`MirroredStrategy`'s does). On the Keras versions in
+    `KERAS_VERSIONS_WITH_REDUCE_BUG`, this instance's `reduce` is made to
+    reduce each leaf, over replicas only for scalars, as `MirroredStrategy`
+    does; on others the strategy is left alone. Every worker makes the same
+    calls in the same order, so the collectives pair up.
+
+    Args:
+        strategy: A `tf.distribute.MultiWorkerMirroredStrategy`.
+        keras_version: The Keras version to decide for, as a string.
+            Defaults to `None` (the installed one).
+
+    Returns:
+        `strategy`, patched or not.
+    """
+    import re
+
+    import keras
+
+    version = keras.version() if keras_version is None else keras_version
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    first, end = KERAS_VERSIONS_WITH_REDUCE_BUG
+    if not first <= major_minor < end:
+        return strategy
+    reduce = strategy.reduce
+
+    def reduce_each(reduce_op, value, axis=None):
+        def reduce_one(leaf):
+            rank = strategy.experimental_local_results(leaf)[0].shape.rank
+            return reduce(reduce_op, leaf, axis=axis if rank else None)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+    strategy.reduce = reduce_each
+    return strategy

@@ -7,3 +7,4 @@ from keras_eigensam.methods.eigen_sam import EigenSAM
 from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
 from keras_eigensam.methods.sam import SAM
 from keras_eigensam.methods.x_sam import XSAM
+from keras_eigensam.methods import registry

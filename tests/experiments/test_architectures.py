@@ -1,10 +1,10 @@
-"""Tests for `keras_eigensam.architectures`."""
+"""Tests for `keras_eigensam.experiments.architectures`."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_eigensam import architectures
+from keras_eigensam.experiments import architectures
 
 # (name, input_shape, count_params(), trainable): count_params() includes the
 # BatchNorm moving mean/variance; the trainable counts of the ResNets and the

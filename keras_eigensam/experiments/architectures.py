@@ -10,7 +10,7 @@ ImageNet ResNets of `keras.applications` and keras-cv (7×7 stride-2 stem and a
 max-pool), which lose most of a 32×32 image in the first two layers. The
 WideResNet follows Zagoruyko & Komodakis (pre-activation blocks), as used by
 google-research/sam. `cnn6`, `mlp` and `small_cnn` are small networks for
-curvature experiments and for the offline datasets of `keras_eigensam.data`
+curvature experiments and for the offline datasets of `keras_eigensam.experiments.data`
 (`digits`: 8×8×1 images, `mnist1d`: length-40 signals of shape `(40, 1)`).
 
 Conventions shared by every architecture:
@@ -119,7 +119,7 @@ def build(name, input_shape, num_classes, **kwargs):
     Example:
 
     ```python
-    model = keras_eigensam.architectures.build(
+    model = keras_eigensam.experiments.architectures.build(
         "resnet18", (32, 32, 3), 10, weight_decay=5e-4)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),

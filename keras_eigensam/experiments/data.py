@@ -206,11 +206,11 @@ def load(
     Example:
 
     ```python
-    train_ds, info = keras_eigensam.data.load(
+    train_ds, info = keras_eigensam.experiments.data.load(
         "mnist1d", "train", 128, training=True, seed=1)
-    test_ds, _ = keras_eigensam.data.load(
+    test_ds, _ = keras_eigensam.experiments.data.load(
         "mnist1d", "test", 512, training=False)
-    model = keras_eigensam.architectures.build(
+    model = keras_eigensam.experiments.architectures.build(
         "small_cnn", info.input_shape, info.num_classes)
     ```
     """

@@ -1,4 +1,4 @@
-"""Tests for `keras_eigensam.data`.
+"""Tests for `keras_eigensam.experiments.data`.
 
 TFDS datasets are exercised on `tfds.testing.mock_data` (random uint8 images,
 no files, no network); `digits` and `mnist1d` are loaded for real.
@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_eigensam import data
+from keras_eigensam.experiments import data
 
 TFDS_NAMES = ["cifar10", "cifar100", "fashion_mnist", "svhn_cropped"]
 

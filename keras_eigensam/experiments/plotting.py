@@ -30,7 +30,7 @@ def _matplotlib():
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(
-            "keras_eigensam.plotting needs matplotlib. Install it with the "
+            "keras_eigensam.experiments.plotting needs matplotlib. Install it with the "
             "`scripts` extra: `pip install 'keras-eigensam[scripts]'`."
         ) from e
     return Figure, FigureCanvasAgg

@@ -1,4 +1,4 @@
-"""Tests of `keras_eigensam.plotting` on saved histories."""
+"""Tests of `keras_eigensam.experiments.plotting` on saved histories."""
 
 import sys
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_eigensam import callbacks
-from keras_eigensam import plotting
+from keras_eigensam.experiments import plotting
 from tests import tiny
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

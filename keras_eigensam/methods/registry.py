@@ -1,0 +1,217 @@
+"""The list of sharpness-aware methods, by the names the scripts use.
+
+Adding a method is its module, its tests and one `MethodEntry` in `_ENTRIES`:
+the training harness (`keras_eigensam.experiments`), the scripts' `--method`
+choices and help, `compare.py`, `benchmark.py` and the README's method table
+all read this list. Hyperparameters and their defaults come from the class's
+constructor signature, never restated here.
+
+Example:
+
+```python
+from keras_eigensam.methods import registry
+
+registry.names()                          # ('sam', 'asam', 'eigensam', 'xsam')
+registry.defaults("asam")["rho"]          # 0.5, from ASAM.__init__
+method = registry.create("eigensam", alpha=0.1, refresh_every=10)
+```
+"""
+
+import dataclasses
+import inspect
+
+from keras_eigensam.methods.asam import ASAM
+from keras_eigensam.methods.eigen_sam import EigenSAM
+from keras_eigensam.methods.sam import SAM
+from keras_eigensam.methods.x_sam import XSAM
+
+_REFRESH = "`power_iterations` HVPs every `refresh_every` steps"
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodEntry:
+    """One registered method.
+
+    Attributes:
+        name: The lowercase name scripts and configs use (`--method=sam`).
+        cls: The `SharpnessMethod` subclass.
+        perturbation: The rule for the perturbation `e` (markdown).
+        descent: The gradient handed to the base optimizer (markdown).
+        passes: Cost per step in forward-backward passes (markdown).
+        reference: Markdown link to the paper.
+        summary: A clause for the scripts' `--method` help (no class name,
+            no final period).
+    """
+
+    name: str
+    cls: type
+    perturbation: str
+    descent: str
+    passes: str
+    reference: str
+    summary: str
+
+
+_ENTRIES = (
+    MethodEntry(
+        name="sam",
+        cls=SAM,
+        perturbation="`ρ g/‖g‖`",
+        descent="`∇L(w+e)`",
+        passes=f"2 (+ {_REFRESH} with `track_eigen=True`)",
+        reference="[Foret et al., 2021](https://arxiv.org/abs/2010.01412)",
+        summary="descend from the worst point of a ρ-ball along the gradient",
+    ),
+    MethodEntry(
+        name="asam",
+        cls=ASAM,
+        perturbation="`ρ T²g/‖Tg‖`, `T = \\|w\\|+η`",
+        descent="`∇L(w+e)`",
+        passes="2",
+        reference="[Kwon et al., 2021](https://arxiv.org/abs/2102.11600)",
+        summary="SAM in weight-scaled coordinates (scale-invariant sharpness)",
+    ),
+    MethodEntry(
+        name="eigensam",
+        cls=EigenSAM,
+        perturbation="`ρ (ĝ + α sign(<g,v>) v⊥)`",
+        descent="`∇L(w+e)`",
+        passes=f"2 + {_REFRESH}",
+        reference="[Luo et al., 2024](https://arxiv.org/abs/2501.12666)",
+        summary="SAM's perturbation tilted toward the top Hessian eigenvector",
+    ),
+    MethodEntry(
+        name="xsam",
+        cls=XSAM,
+        perturbation="`ρ ĝ`",
+        descent="`ĝ_a − α sign(c) c v` (`reference`) or `ĝ_a − α c v` (`projection`)",
+        passes=f"2 + {_REFRESH}",
+        reference="[Duan, Chen & Guan, 2026](https://arxiv.org/abs/2601.10251)",
+        summary="SAM's descent gradient corrected along the top eigenvector",
+    ),
+)
+_BY_NAME = {entry.name: entry for entry in _ENTRIES}
+
+
+def entries():
+    """Every `MethodEntry`, in registration order."""
+    return _ENTRIES
+
+
+def names():
+    """The registered names, in registration order."""
+    return tuple(_BY_NAME)
+
+
+def get(name):
+    """The `MethodEntry` called `name`.
+
+    Raises:
+        ValueError: if no method is registered under `name`.
+    """
+    if name not in _BY_NAME:
+        raise ValueError(
+            f"`method` must be one of the registered methods {list(_BY_NAME)}. "
+            f"Received: method={name!r}"
+        )
+    return _BY_NAME[name]
+
+
+def _parameters(name):
+    """The constructor's named parameters (not `**kwargs`, which go to Layer)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    signature = inspect.signature(get(name).cls)
+    return [p for p in signature.parameters.values() if p.kind in kinds]
+
+
+def defaults(name):
+    """`{argument: default}` of the method's constructor, in signature order."""
+    return {p.name: p.default for p in _parameters(name) if p.default is not p.empty}
+
+
+def check_arguments(name, arguments):
+    """Raises if `arguments` holds a key the method's constructor does not take.
+
+    Raises:
+        ValueError: naming the unknown keys and the accepted ones.
+    """
+    split_arguments([name], arguments)
+
+
+def split_arguments(names, arguments):
+    """`{name: the part of arguments its constructor takes}` for each name.
+
+    Lets one set of arguments serve several methods (a comparison's): each
+    gets the keys it takes.
+
+    Raises:
+        ValueError: if none of the methods takes some key, naming the keys
+            and the ones they take.
+    """
+    accepted = {name: {p.name for p in _parameters(name)} for name in names}
+    everyone = sorted(set().union(*accepted.values()))
+    unknown = sorted(set(arguments) - set(everyone))
+    if unknown:
+        keys = ", ".join(f"`{key}`" for key in unknown)
+        if len(names) == 1:
+            who = (
+                f"Method {names[0]!r} ({get(names[0]).cls.__name__}) takes no "
+                f"argument {keys}; its arguments are"
+            )
+        else:
+            who = f"No method of {list(names)} takes {keys}; they take"
+        received = ", ".join(f"{key}={arguments[key]!r}" for key in unknown)
+        raise ValueError(f"{who} {everyone}. Received: {received}")
+    return {
+        name: {k: v for k, v in arguments.items() if k in accepted[name]}
+        for name in names
+    }
+
+
+def create(name, **kwargs):
+    """A new instance of the method called `name`, built with `kwargs`.
+
+    Raises:
+        ValueError: if `name` is not registered, a keyword is not a
+            constructor argument, or a value is out of range.
+    """
+    check_arguments(name, kwargs)
+    return get(name).cls(**kwargs)
+
+
+def markdown_table():
+    """The README's method table (and a line for the arguments all share)."""
+    shared = _shared_defaults()
+    lines = [
+        "| method | perturbation `e` | descent gradient | passes per step "
+        "| defaults | reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in _ENTRIES:
+        own = {k: v for k, v in defaults(entry.name).items() if k not in shared}
+        cells = [
+            f"`{entry.cls.__name__}` (`{entry.name}`)",
+            entry.perturbation,
+            entry.descent,
+            entry.passes,
+            _arguments_markdown(own),
+            entry.reference,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if shared:
+        lines += ["", f"Every method also takes {_arguments_markdown(shared)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _shared_defaults():
+    """The arguments every method takes with the same default."""
+    first, *others = (defaults(name) for name in names())
+    return {
+        key: value
+        for key, value in first.items()
+        if all(key in other and other[key] == value for other in others)
+    }
+
+
+def _arguments_markdown(arguments):
+    return ", ".join(f"`{key}={value!r}`" for key, value in arguments.items()) or "–"

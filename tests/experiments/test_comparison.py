@@ -1,0 +1,71 @@
+"""Tests of `keras_eigensam.experiments.comparison`."""
+
+import pytest
+
+from keras_eigensam.experiments import comparison
+from keras_eigensam.experiments.config import ConfigError
+
+
+def test_configs_for_methods_give_each_method_its_arguments():
+    configs = comparison.configs_for_methods(
+        ["sgd", "asam", "eigensam"],
+        [0, 1],
+        {"rho": 0.1, "alpha": 0.3},
+        perturbation_scope="global",
+    )
+    assert [(c.method, c.seed, c.method_args) for c in configs] == [
+        ("sgd", 0, {}),
+        ("sgd", 1, {}),
+        ("asam", 0, {"rho": 0.1}),
+        ("asam", 1, {"rho": 0.1}),
+        ("eigensam", 0, {"alpha": 0.3, "rho": 0.1}),
+        ("eigensam", 1, {"alpha": 0.3, "rho": 0.1}),
+    ]
+    assert [c.perturbation_scope for c in configs[::2]] == [None, "global", "global"]
+    with pytest.raises(ConfigError, match=r"Method 'sam' \(SAM\) takes no argument `eta`"):
+        comparison.configs_for_methods(["sgd", "sam"], [0], {"eta": 0.1})
+
+
+def test_compare_pairs_seeds_and_tabulates_method_arguments(tmp_path):
+    configs = comparison.configs_for_methods(
+        ["sgd", "sam"],
+        [0],
+        {"rho": 0.1},
+        output_dir=str(tmp_path),
+        epochs=1,
+        max_steps_per_epoch=2,
+        augment="none",
+        verbose=0,
+    )
+    lines = []
+    result = comparison.compare(configs, progress=lines.append)
+    assert len(lines) == 2 and lines[0].startswith("[1/2] digits-mlp-sgd")
+    sgd, sam = result["rows"]
+    assert (sgd["method"], sam["method"]) == ("sgd", "sam")
+    assert (sgd["method_args"], sam["method_args"]) == ({}, {"rho": 0.1})
+    assert sgd["delta_vs_first"] == {"mean": 0.0, "std": 0.0}
+    expected = (
+        result["runs"][1]["final_test_accuracy"]
+        - result["runs"][0]["final_test_accuracy"]
+    )
+    assert sam["delta_vs_first"]["mean"] == pytest.approx(expected)
+    table = comparison.comparison_markdown(result)
+    assert table.splitlines()[2].startswith("| sgd | – | ")
+    assert table.splitlines()[3].startswith("| sam | rho=0.1 | ")
+
+
+def test_split_method_args_gives_each_method_the_keys_it_takes():
+    split = comparison.split_method_args(["sgd", "asam", "eigensam"], {"rho": 0.1, "alpha": 0.3})
+    assert split == {"sgd": {}, "asam": {"rho": 0.1}, "eigensam": {"rho": 0.1, "alpha": 0.3}}
+    with pytest.raises(ConfigError) as info:
+        comparison.split_method_args(["sgd", "sam", "asam"], {"eta": 0.1, "correction": "x"})
+    assert str(info.value) == (
+        "No method of ['sam', 'asam'] takes `correction`; they take ['eta', "
+        "'hessian_training', 'hvp_mode', 'power_iterations', 'refresh_every', 'rho', "
+        "'seed', 'track_eigen']. Received: correction='x'"
+    )
+    # One method: its own name and arguments.
+    with pytest.raises(ConfigError, match=r"Method 'asam' \(ASAM\) takes no argument `alpha`"):
+        comparison.split_method_args(["sgd", "asam"], {"alpha": 0.3})
+    with pytest.raises(ConfigError, match="method='sgd' .* takes no method arguments"):
+        comparison.split_method_args(["sgd"], {"rho": 0.1})
