@@ -538,7 +538,7 @@ class HessianEigenvalueMonitor(keras.callbacks.Callback):
             stem + ".npz", grid=grid, density=density, step=step, eigenvalues=eigenvalues
         )
         if self.plot_density:
-            from keras_eigensam import plotting
+            from keras_eigensam.experiments import plotting
 
             mode = "training" if self.training else "inference"
             plotting.plot_density(
@@ -909,7 +909,7 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
 
     ```
     eigen_alignment, grad_eigen_cosine:  v_n = (n·m_n − n'·m_n') / (n − n')
-    top_eigenvalue:                      model.method.eigenvector.eigenvalue
+    top_eigenvalue:                      model.method.tracker.eigenvalue
     ```
 
     where `m_n` is the running mean after the `n`-th step of the epoch and

@@ -49,7 +49,7 @@ flags.DEFINE_integer("steps_per_round", 3, "Timed steps per method per round.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps per method before timing.")
 flags.DEFINE_list("methods", list(config.METHODS), "Methods to time (sgd first).")
 flags.DEFINE_list("refresh_periods", ["100", "5"], "k for the amortised figures.")
-flags.DEFINE_integer("power_iterations", 5, "Power iterations per refresh.")
+flags.DEFINE_integer("num_matvecs", 5, "Hessian-vector products per eigenvector refresh.")
 flags.DEFINE_enum(
     "hvp_mode", "reverse_over_reverse",
     ["reverse_over_reverse", "forward_over_backward"], "HVP mode of the refresh.",
@@ -89,7 +89,7 @@ def _make_method(name):
     method = registry.create(name)
     if _refreshes(method):
         method = registry.create(
-            name, power_iterations=FLAGS.power_iterations, hvp_mode=FLAGS.hvp_mode, seed=0
+            name, num_matvecs=FLAGS.num_matvecs, hvp_mode=FLAGS.hvp_mode, seed=0
         )
     return method
 
@@ -279,7 +279,7 @@ def _markdown(result):
         lines += [
             "",
             f"Amortised steps of the methods that refresh an eigenvector "
-            f"({result['power_iterations']} power iterations, "
+            f"({result['num_matvecs']} Hessian-vector products, "
             f"{result['hvp_mode']}): `t_plain + (t_refresh − t_plain)/k`.",
             "",
             "| method | step (s) | × SGD | × SAM | one refresh, in gradients |",
@@ -342,7 +342,7 @@ def main(argv):
         "rounds": FLAGS.rounds,
         "steps_per_round": FLAGS.steps_per_round,
         "warmup": FLAGS.warmup,
-        "power_iterations": FLAGS.power_iterations,
+        "num_matvecs": FLAGS.num_matvecs,
         "hvp_mode": FLAGS.hvp_mode,
         "versions": _versions(),
         "samples": samples,

@@ -66,7 +66,7 @@ def _run(power_iterations, x, y):
         ),
     )
     model.compile(optimizer=keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9), loss=loss)
-    tracker = model.method.eigenvector
+    tracker = model.method.tracker
     cosines, eigenvalues, step_times, gaps = [], [], [], []
     for step in range(FLAGS.steps):
         due = step % FLAGS.refresh_every == 0

@@ -302,31 +302,30 @@ def _optional(check, name, value, **kwargs):
 def eigenvector_tracking_args(method):
     """The arguments that make `method` track the top Hessian eigenvector.
 
-    `curvature=True` logs the per-step eigenvector alignment of the methods
-    that can track the eigenvector without changing their update: SAM, with
-    `track_eigen=True`. Methods that always track it (Eigen-SAM, X-SAM) or
-    cannot (ASAM) need nothing. The one place that knows how a method is
-    asked to track.
+    `curvature=True` logs the per-step eigenvector alignment of every
+    method: those that need the eigenvector (Eigen-SAM, X-SAM) track it
+    anyway, the others are given `tracker=True`, which does not change their
+    update. The one place that knows how a method is asked to track.
     """
-    if "track_eigen" in registry.defaults(method):
-        return {"track_eigen": True}
-    return {}
+    if registry.get(method).cls.requires_tracker:
+        return {}
+    return {"tracker": True}
 
 
 def method_arguments(config):
     """Every constructor argument of `config.method` (`{}` for `"sgd"`).
 
-    The class's defaults, then the run's `seed` (where the method takes
-    one), then `eigenvector_tracking_args` with `curvature=True`, then
-    `config.method_args`.
+    The class's defaults, then `eigenvector_tracking_args` with
+    `curvature=True`, then the run's `seed` for the tracker's initial
+    vector (where the method tracks one), then `config.method_args`.
     """
     if config.method == "sgd":
         return {}
     args = registry.defaults(config.method)
-    if "seed" in args:
-        args["seed"] = config.seed
     if config.curvature:
         args.update(eigenvector_tracking_args(config.method))
+    if registry.tracks_eigenvector(config.method, {**args, **config.method_args}):
+        args["seed"] = config.seed
     args.update(config.method_args)
     return dict(sorted(args.items()))
 

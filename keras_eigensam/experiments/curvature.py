@@ -8,7 +8,7 @@ from keras_eigensam import callbacks
 from keras_eigensam.experiments import data
 from keras_eigensam.experiments import plotting
 from keras_eigensam.experiments.results import HISTORY_FILE
-from keras_eigensam.methods.eigenvector import METRIC_NAMES
+from keras_eigensam.methods.eigenvector_tracker import METRIC_NAMES
 
 #: Examples in the fixed probe set of the curvature monitors.
 PROBE_SIZE = 256

@@ -20,12 +20,14 @@ method = registry.create("eigensam", alpha=0.1, refresh_every=10)
 import dataclasses
 import inspect
 
+from keras_eigensam.methods import eigenvector_tracker
 from keras_eigensam.methods.asam import ASAM
 from keras_eigensam.methods.eigen_sam import EigenSAM
+from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
 from keras_eigensam.methods.sam import SAM
 from keras_eigensam.methods.x_sam import XSAM
 
-_REFRESH = "`power_iterations` HVPs every `refresh_every` steps"
+_REFRESH = "`num_matvecs` HVPs every `refresh_every` steps"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ _ENTRIES = (
         cls=SAM,
         perturbation="`ρ g/‖g‖`",
         descent="`∇L(w+e)`",
-        passes=f"2 (+ {_REFRESH} with `track_eigen=True`)",
+        passes=f"2 (+ {_REFRESH} with a tracker)",
         reference="[Foret et al., 2021](https://arxiv.org/abs/2010.01412)",
         summary="descend from the worst point of a ρ-ball along the gradient",
     ),
@@ -117,16 +119,58 @@ def get(name):
     return _BY_NAME[name]
 
 
-def _parameters(name):
-    """The constructor's named parameters (not `**kwargs`, which go to Layer)."""
+def _parameters(callable_):
+    """The named parameters of `callable_` (not `**kwargs`)."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    signature = inspect.signature(get(name).cls)
+    signature = inspect.signature(callable_)
     return [p for p in signature.parameters.values() if p.kind in kinds]
 
 
+def _signature_defaults(callable_):
+    return {
+        p.name: p.default for p in _parameters(callable_) if p.default is not p.empty
+    }
+
+
+def tracker_defaults(name):
+    """The eigenvector tracker's arguments and defaults for method `name`.
+
+    `EigenvectorTracker`'s own defaults, with the method's `refresh_every`
+    (Eigen-SAM 100, X-SAM 5). Every method takes these arguments (with
+    `tracker=True` where the method does not need the eigenvector).
+    """
+    values = _signature_defaults(EigenvectorTracker)
+    values.pop("power_iterations")  # the former name of `num_matvecs`
+    values["refresh_every"] = get(name).cls.default_refresh_every
+    return values
+
+
 def defaults(name):
-    """`{argument: default}` of the method's constructor, in signature order."""
-    return {p.name: p.default for p in _parameters(name) if p.default is not p.empty}
+    """`{argument: default}` of the method's constructor, in signature order.
+
+    Methods that always track the top eigenvector (Eigen-SAM, X-SAM) also
+    list the tracker's arguments (`tracker_defaults`).
+    """
+    values = _signature_defaults(get(name).cls)
+    if get(name).cls.requires_tracker:
+        values.update(tracker_defaults(name))
+    return values
+
+
+def tracks_eigenvector(name, arguments):
+    """Whether method `name` built with `arguments` tracks the eigenvector."""
+    cls = get(name).cls
+    return bool(
+        cls.requires_tracker
+        or arguments.get("tracker")
+        or arguments.get("track_eigen")
+    )
+
+
+def _accepted(name):
+    """Every keyword the method's constructor takes."""
+    named = {p.name for p in _parameters(get(name).cls)}
+    return named | set(eigenvector_tracker.ARGUMENTS) | {"tracker"}
 
 
 def check_arguments(name, arguments):
@@ -148,7 +192,7 @@ def split_arguments(names, arguments):
         ValueError: if none of the methods takes some key, naming the keys
             and the ones they take.
     """
-    accepted = {name: {p.name for p in _parameters(name)} for name in names}
+    accepted = {name: _accepted(name) for name in names}
     everyone = sorted(set().union(*accepted.values()))
     unknown = sorted(set(arguments) - set(everyone))
     if unknown:
@@ -187,8 +231,13 @@ def markdown_table():
         "| defaults | reference |",
         "|---|---|---|---|---|---|",
     ]
+    tracker_only = set(eigenvector_tracker.ARGUMENTS) - {"refresh_every"}
     for entry in _ENTRIES:
-        own = {k: v for k, v in defaults(entry.name).items() if k not in shared}
+        own = {
+            k: v
+            for k, v in defaults(entry.name).items()
+            if k not in shared and k not in tracker_only
+        }
         cells = [
             f"`{entry.cls.__name__}` (`{entry.name}`)",
             entry.perturbation,
@@ -200,6 +249,16 @@ def markdown_table():
         lines.append("| " + " | ".join(cells) + " |")
     if shared:
         lines += ["", f"Every method also takes {_arguments_markdown(shared)}."]
+    tracker = {
+        k: v for k, v in tracker_defaults(names()[0]).items() if k in tracker_only
+    }
+    lines += [
+        "",
+        "Every method takes the eigenvector tracker's arguments "
+        f"({_arguments_markdown(tracker)}; see `EigenvectorTracker`), or "
+        "`tracker=EigenvectorTracker(...)`; methods that do not need the "
+        "eigenvector track it with `tracker=True`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
