@@ -170,7 +170,10 @@ def tracks_eigenvector(name, arguments):
 def _accepted(name):
     """Every keyword the method's constructor takes."""
     named = {p.name for p in _parameters(get(name).cls)}
-    return named | set(eigenvector_tracker.ARGUMENTS) | {"tracker"}
+    # `power_iterations` (the former name of `num_matvecs`) is still taken
+    # by the constructors but not offered.
+    tracker = set(eigenvector_tracker.ARGUMENTS) - {"power_iterations"}
+    return named | tracker | {"tracker"}
 
 
 def check_arguments(name, arguments):
@@ -231,7 +234,7 @@ def markdown_table():
         "| defaults | reference |",
         "|---|---|---|---|---|---|",
     ]
-    tracker_only = set(eigenvector_tracker.ARGUMENTS) - {"refresh_every"}
+    tracker_only = set(eigenvector_tracker.ARGUMENTS) - {"refresh_every", "power_iterations"}
     for entry in _ENTRIES:
         own = {
             k: v

@@ -49,15 +49,12 @@ def test_given_method_args_override_the_defaults_and_are_copied():
 
 
 def test_curvature_makes_sam_track_the_eigenvector():
-    assert TrainConfig(method="sam").resolved().method_args["track_eigen"] is False
+    assert "tracker" not in TrainConfig(method="sam").resolved().method_args
     sam = TrainConfig(method="sam", curvature=True, method_args={"refresh_every": 7})
-    assert sam.resolved().method_args["track_eigen"] is True
-    # A method that always tracks, or cannot, gets nothing more.
+    assert sam.resolved().method_args["tracker"] is True
+    # A method that always tracks gets nothing more; any other is asked to.
     assert config.eigenvector_tracking_args("eigensam") == {}
-    assert config.eigenvector_tracking_args("asam") == {}
-    # An explicit choice wins.
-    off = TrainConfig(method="sam", curvature=True, method_args={"track_eigen": False})
-    assert off.resolved().method_args["track_eigen"] is False
+    assert config.eigenvector_tracking_args("asam") == {"tracker": True}
 
 
 @pytest.mark.parametrize(
@@ -74,8 +71,8 @@ def test_curvature_makes_sam_track_the_eigenvector():
         (
             dict(method="sam", method_args={"alpha": 0.1}),
             "Method 'sam' (SAM) takes no argument `alpha`; its arguments are "
-            "['hessian_training', 'hvp_mode', 'power_iterations', 'refresh_every', "
-            "'rho', 'seed', 'track_eigen']. Received: alpha=0.1",
+            "['hessian_training', 'hvp_mode', 'num_matvecs', 'refresh_every', "
+            "'rho', 'seed', 'track_eigen', 'tracker', 'which']. Received: alpha=0.1",
         ),
         (dict(method="asam", method_args={"rho": -0.1}), "`rho` must be a float >= 0.0"),
         (

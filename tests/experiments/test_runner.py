@@ -36,21 +36,24 @@ def test_make_method_builds_the_registered_class_with_the_config_arguments():
         method = runner.make_method(TrainConfig(method=name, method_args={"rho": 0.1}))
         assert type(method) is registry.get(name).cls and method.rho == 0.1
     sam = runner.make_method(TrainConfig(method="sam"))
-    assert sam.eigenvector is None
+    assert sam.tracker is None
     eigensam = runner.make_method(
         TrainConfig(method="eigensam", seed=4,
-                    method_args={"alpha": 0.1, "refresh_every": 10, "power_iterations": 3})
+                    method_args={"alpha": 0.1, "refresh_every": 10, "num_matvecs": 3})
     )
     assert eigensam.alpha == 0.1
     assert (
-        eigensam.eigenvector.refresh_every,
-        eigensam.eigenvector.power_iterations,
-        eigensam.eigenvector.seed,  # the run's
+        eigensam.tracker.refresh_every,
+        eigensam.tracker.num_matvecs,
+        eigensam.tracker.seed,  # the run's
     ) == (10, 3, 4)
     tracking = runner.make_method(
-        TrainConfig(method="sam", curvature=True, method_args={"refresh_every": 7})
+        TrainConfig(method="sam", curvature=True, seed=2, method_args={"refresh_every": 7})
     )
-    assert tracking.eigenvector.refresh_every == 7
+    assert (tracking.tracker.refresh_every, tracking.tracker.seed) == (7, 2)
+    # Any method tracks when asked, ASAM too.
+    asam = runner.make_method(TrainConfig(method="asam", curvature=True))
+    assert asam.tracker is not None
 
 
 def test_batch_size_must_divide_over_replicas(tmp_path, mirrored_strategy):

@@ -48,6 +48,12 @@ def test_defaults_are_the_constructor_signature(name):
         for key, p in signature.items()
         if key != "self" and p.kind is not p.VAR_KEYWORD
     }
+    if cls.requires_tracker:  # and the tracker's, with the method's period
+        tracker = inspect.signature(ks.EigenvectorTracker.__init__).parameters
+        expected.update(
+            {k: p.default for k, p in tracker.items() if k not in ("self", "power_iterations")}
+        )
+        expected["refresh_every"] = cls.default_refresh_every
     assert registry.defaults(name) == expected
     # And the instance `create` makes with no arguments has them.
     method = registry.create(name)
@@ -73,11 +79,14 @@ def test_create_passes_arguments():
 
 def test_create_rejects_unknown_arguments_naming_them_and_the_accepted_ones():
     with pytest.raises(ValueError) as info:
-        registry.create("asam", alpha=0.1, refresh_every=3)
+        registry.create("asam", alpha=0.1, gamma=3)
     message = str(info.value)
-    assert "Method 'asam' (ASAM) takes no argument `alpha`, `refresh_every`" in message
-    assert "its arguments are ['eta', 'rho']" in message
-    assert message.endswith("Received: alpha=0.1, refresh_every=3")
+    assert "Method 'asam' (ASAM) takes no argument `alpha`, `gamma`" in message
+    assert (
+        "its arguments are ['eta', 'hessian_training', 'hvp_mode', 'num_matvecs', "
+        "'refresh_every', 'rho', 'seed', 'tracker', 'which']" in message
+    )
+    assert message.endswith("Received: alpha=0.1, gamma=3")
 
 
 def test_create_lets_the_constructor_check_values():
