@@ -281,15 +281,46 @@ def test_monitors_write_no_variable():
         np.testing.assert_array_equal(a, b)
 
 
+def _keras_sharpness_ascent(model, x, y, rho, training):
+    """`L(w + ρĝ) − L(w)` written with Keras directly (weights assigned and
+    restored), with the model in the given mode."""
+    loss = keras.losses.MeanSquaredError()
+    weights = [np.array(v) for v in model.trainable_variables]
+
+    def value():
+        return float(loss(y, model(x, training=training)))
+
+    with tf.GradientTape() as tape:
+        base = loss(y, model(x, training=training))
+    grads = tape.gradient(base, model.trainable_variables)
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in grads))
+    for variable, w, g in zip(model.trainable_variables, weights, grads):
+        variable.assign(w + rho * np.asarray(g) / (norm + 1e-12))
+    perturbed = value()
+    for variable, w in zip(model.trainable_variables, weights):
+        variable.assign(w)
+    return perturbed - float(base)
+
+
 def test_sharpness_uses_inference_mode():
-    # With dropout at 0.5, a training-mode loss would be random; inference
-    # mode makes two measurements identical.
+    # BatchNormalization with moving statistics far from the probe batch's
+    # statistics: inference and training mode give different sharpness.
     x, y = tiny.data()
-    model = tiny.bn_dropout_net(dropout=0.5)
+    model = tiny.bn_dropout_net()
+    bn = model.layers[1]
+    bn.moving_mean.assign(np.full(8, 0.7, "float32"))
+    bn.moving_variance.assign(np.full(8, 3.0, "float32"))
     model.compile(optimizer="sgd", loss="mse")
-    monitor = callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2)
+    monitor = callbacks.SharpnessMonitor((x, y), rho=0.1, measures="ascent")
     monitor.set_model(model)
-    assert monitor.measure() == monitor.measure()
+    before = [np.array(v) for v in model.variables]
+    measured = monitor.measure()["sharpness_ascent"]
+    inference = _keras_sharpness_ascent(model, x, y, 0.1, training=False)
+    training = _keras_sharpness_ascent(model, x, y, 0.1, training=True)
+    for variable, value in zip(model.variables, before):
+        variable.assign(value)  # training mode moved the statistics
+    assert abs(training - inference) > 0.2 * abs(inference)  # the modes differ
+    np.testing.assert_allclose(measured, inference, rtol=1e-4, atol=1e-7)
 
 
 # ----------------------------------------------------- EigenAlignmentLogger
