@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import distribute
 from keras_eigensam import linalg
 from keras_eigensam import validation
@@ -54,6 +55,15 @@ def hvp(loss_fn, variables, vectors, mode="forward_over_backward"):
     forward_over_backward:  H·v = d/dε ∇L(w + ε v) |ε=0   (JVP of the gradient)
     reverse_over_reverse:   H·v = ∇_w <∇L(w), v>           (gradient of <g, v>)
     ```
+
+    Both modes differentiate the function the model computes: the loss is
+    recorded inside `keras_eigensam.backend.autodiff.exact_moments()`, so
+    normalization layers whose moments come from `tf.nn.moments`
+    (BatchNormalization in training mode, LayerNormalization,
+    GroupNormalization) have exact second derivatives; `tf.nn.moments`
+    stops the gradient through the mean inside the variance, which leaves
+    first derivatives exact but not second ones. Gradients and products
+    that come back as `IndexedSlices` (embeddings) are densified.
 
     The function is pure: it works eagerly, inside `tf.function` (also with
     `jit_compile=True`) and inside a `tf.distribute` replica context. It does
@@ -115,17 +125,23 @@ def hvp(loss_fn, variables, vectors, mode="forward_over_backward"):
     validation.check_choice("mode", mode, HVP_MODES)
     primals = _primals(variables)
     tangents = _tangents(vectors, primals)
-    if mode == "forward_over_backward":
-        # Keras 3 variables wrap a tf.Variable; the accumulator only sees
-        # reads of that backing variable, so it is the primal.
-        with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+    with autodiff.exact_moments():
+        if mode == "forward_over_backward":
+            # Keras 3 variables wrap a tf.Variable; the accumulator only sees
+            # reads of that backing variable, so it is the primal.
+            with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+                grads = _gradient(loss_fn, primals)
+            # The JVP of a densified embedding gradient is IndexedSlices again.
+            return autodiff.densify(
+                [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+            )
+        with tf.GradientTape() as outer:
+            outer.watch(primals)
             grads = _gradient(loss_fn, primals)
-        return [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
-    with tf.GradientTape() as outer:
-        outer.watch(primals)
-        grads = _gradient(loss_fn, primals)
-        directional = linalg.inner(grads, tangents)
-    return _dense(outer.gradient(directional, primals, unconnected_gradients=_ZERO))
+            directional = linalg.inner(grads, tangents)
+        return autodiff.densify(
+            outer.gradient(directional, primals, unconnected_gradients=_ZERO)
+        )
 
 
 def make_hvp(loss_fn, variables, mode="reverse_over_reverse"):
@@ -149,7 +165,9 @@ def make_hvp(loss_fn, variables, mode="reverse_over_reverse"):
     mode)`.
 
     Call `make_hvp` and the returned `matvec` in the same function (the same
-    `tf.function` trace); like `hvp` it never all-reduces.
+    `tf.function` trace); like `hvp` it never all-reduces. The recorded pass
+    uses exact moments for normalization layers and the products are
+    dense, as in `hvp`.
 
     Args:
         loss_fn: Zero-argument callable returning the scalar loss computed
@@ -182,13 +200,14 @@ def make_hvp(loss_fn, variables, mode="reverse_over_reverse"):
     if mode == "forward_over_backward":
         return lambda vectors: hvp(loss_fn, variables, vectors, mode=mode)
     primals = _primals(variables)
-    with tf.GradientTape(persistent=True) as outer:
+    # The backward passes of `matvec` replay what is recorded here.
+    with autodiff.exact_moments(), tf.GradientTape(persistent=True) as outer:
         outer.watch(primals)
         grads = _gradient(loss_fn, primals)
 
     def matvec(vectors):
         tangents = _tangents(vectors, primals)
-        return _dense(
+        return autodiff.densify(
             outer.gradient(
                 grads,
                 primals,
@@ -230,6 +249,13 @@ def power_iteration(matvec, v0, num_iterations, tol=None, final_update=False):
     ```
 
     The change alone stops too early when `λ1 ≈ λ2`; the residual does not.
+
+    A product that is zero (then `v` is an eigenvector with λ = 0) or has a
+    NaN or infinite entry (an overflow) does not replace the vector: `v`
+    stays the last usable unit vector, and the returned eigenvalue, the
+    Rayleigh quotient of the last product, is then 0 or not finite, which
+    tells the caller what happened. A finite product is normalised after
+    scaling by its largest entry, so an overflowing norm does not zero it.
     A data-dependent loop cannot contain a `merge_call`, so under
     MirroredStrategy on CPUs use `tol=None` inside `strategy.run`.
 
@@ -287,10 +313,7 @@ def _power_iteration(matvec, v0, num_iterations, tol, final_update=False):
     lam = linalg.inner(v, hv)
 
     def step(v, hv, lam):
-        candidate, norm = linalg.normalize(hv)
-        # H·v = 0 means v is an exact eigenvector (λ = 0): keep it instead of
-        # collapsing to the zero vector.
-        new_v = [ops.where(norm > 0, c, old) for c, old in zip(candidate, v)]
+        new_v = _next_vector(hv, v)
         new_hv = matvec(new_v)
         new_lam = linalg.inner(new_v, new_hv)
         change = ops.abs(new_lam - lam) / ops.abs(new_lam)
@@ -325,9 +348,27 @@ def _power_iteration(matvec, v0, num_iterations, tol, final_update=False):
         "residual": _relative_residual(v, hv, lam),
     }
     if final_update:
-        candidate, norm = linalg.normalize(hv)
-        v = [ops.where(norm > 0, c, old) for c, old in zip(candidate, v)]
+        v = _next_vector(hv, v)
     return lam, v, info
+
+
+def _next_vector(hv, v):
+    """`Hv / ‖Hv‖`, or `v` itself when `Hv` is unusable.
+
+    `Hv = 0` means `v` is an exact eigenvector (λ = 0), and a product with a
+    NaN or infinite entry has no direction: either would replace `v` by a
+    vector that is not unit-norm and never recovers, so `v` is kept. A
+    finite `Hv` is scaled by its largest entry before it is normalised, so
+    one whose norm overflows still gives its direction.
+    """
+    largest = ops.max(ops.stack([ops.max(ops.abs(h)) for h in hv]))
+    usable = ops.logical_and(linalg.all_finite(hv), largest > 0)
+    safe = ops.where(usable, largest, ops.ones_like(largest))
+    # Divided, not multiplied by 1/largest, which is subnormal (flushed to
+    # zero) for largest > ~1e38 in float32.
+    scaled = [ops.divide(h, ops.cast(safe, h.dtype)) for h in hv]
+    candidate, _ = linalg.normalize(scaled)
+    return [ops.where(usable, c, old) for c, old in zip(candidate, v)]
 
 
 def _relative_residual(v, hv, lam):
@@ -387,16 +428,8 @@ def _gradient(loss_fn, primals):
             "`loss_fn` must return a scalar loss. Received: a tensor of "
             f"shape {tuple(loss.shape)}"
         )
-    return _dense(tape.gradient(loss, primals, unconnected_gradients=_ZERO))
-
-
-def _dense(grads):
-    # The outer differentiation and the vector math need dense tensors;
-    # embeddings produce IndexedSlices.
-    return [
-        tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-        for g in grads
-    ]
+    # The outer differentiation and the vector math need dense tensors.
+    return autodiff.densify(tape.gradient(loss, primals, unconnected_gradients=_ZERO))
 
 
 # ---------------------------------------------------------------------------

@@ -339,6 +339,142 @@ def test_batch_loss_is_reduced_like_keras(loss):
         )
 
 
+# ------------------------- 2b. sparse gradients and normalization layers
+
+
+def embedding_model():
+    """Embedding → Flatten → Dense: the embedding's gradient is sparse."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((2,), dtype="int32"),
+            keras.layers.Embedding(6, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    # Repeated indices in a batch make repeated rows in IndexedSlices.
+    x = np.array([[0, 1], [1, 2], [0, 0], [2, 1], [0, 2], [1, 1]], "int32")
+    y = np.array([0, 1, 2, 1, 0, 2])
+    return model, x, y
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_embedding_hessian_matches_finite_differences(float64, mode):
+    model, x, y = embedding_model()
+    variables = model.trainable_variables
+    h = full_hessian(model, x, y)
+    evals = np.linalg.eigh(h)[0]
+    v = random_vectors(variables)
+    expected = h @ flatten(v)
+    tolerance = dict(rtol=1e-7, atol=1e-7 * np.max(np.abs(expected)))
+    loss_fn = model_loss_fn(model, x, y)
+    # Every HVP path returns dense tensors equal to H·v.
+    products = {
+        "hvp": hessian.hvp(loss_fn, variables, v, mode),
+        "make_hvp": hessian.make_hvp(loss_fn, variables, mode)(v),
+        "hvp_traced": tf.function(lambda v: hessian.hvp(loss_fn, variables, v, mode))(v),
+    }
+    op = hessian.HessianOperator(model, logits_loss(), (x, y), hvp_mode=mode)
+    products["operator"] = op.matvec(v)
+    for name, product in products.items():
+        assert all(isinstance(t, tf.Tensor) for t in product), name
+        np.testing.assert_allclose(flatten(product), expected, err_msg=name, **tolerance)
+    # The eigen-solvers see the same operator.
+    lam, _ = op.top_eigenpairs(k=1, method="power", max_iterations=300, tol=1e-8, seed=0)
+    np.testing.assert_allclose(lam[0], evals[np.argmax(np.abs(evals))], rtol=1e-6, atol=0)
+    lams, _ = op.top_eigenpairs(k=2, method="lanczos", seed=0)
+    np.testing.assert_allclose(lams, evals[::-1][:2], rtol=1e-6, atol=0)
+
+
+def normalized_model(kind):
+    """Dense → normalization → tanh → Dense (63 weights with BN, LN or GN)."""
+    keras.utils.set_random_seed(3)
+    norm = {
+        "batch": lambda: keras.layers.BatchNormalization(),
+        "layer": lambda: keras.layers.LayerNormalization(),
+        "group": lambda: keras.layers.GroupNormalization(groups=1, axis=-1),
+    }[kind]()
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5),
+            norm,
+            keras.layers.Activation("tanh"),
+            keras.layers.Dense(3),
+        ]
+    )
+    if kind == "batch":
+        norm.moving_mean.assign(np.full(5, 0.3))
+        norm.moving_variance.assign(np.full(5, 2.0))
+    return model
+
+
+NORMALIZED = [("batch", True), ("batch", False), ("layer", False), ("group", True)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "kind,training", NORMALIZED, ids=["bn_training", "bn_inference", "ln", "gn"]
+)
+def test_normalization_hessian_matches_finite_differences(float64, kind, training, mode):
+    """`tf.nn.moments` stops the gradient through the mean inside the
+    variance; the Hessian must be that of the function the layer computes,
+    i.e. the finite difference of its (exact) training-mode gradient."""
+    model = normalized_model(kind)
+    variables = model.trainable_variables
+    x, y = classification_data(12)
+    gradient = exact_gradient(model, x, y, training)
+    weights = [w.value for w in variables]
+    loss_fn = model_loss_fn(model, x, y, training)
+    for seed in range(2):
+        v = random_vectors(variables, seed)
+        expected = fd_hvp(gradient, weights, v)
+        # Central differences in float64 with step 1e-5: error about 1e-9
+        # of the largest entry; the stop_gradient errs by 9-22 %.
+        tolerance = dict(rtol=1e-6, atol=1e-6 * np.max(np.abs(expected)))
+        # `make_hvp` traced once in a function, as the train step's
+        # eigenvector refresh calls it.
+        traced = tf.function(lambda v: hessian.make_hvp(loss_fn, variables, mode)(v))
+        for name, product in {
+            "hvp": hessian.hvp(loss_fn, variables, v, mode),
+            "make_hvp": hessian.make_hvp(loss_fn, variables, mode)(v),
+            "make_hvp_traced": traced(v),
+        }.items():
+            np.testing.assert_allclose(flatten(product), expected, err_msg=name, **tolerance)
+    op = hessian.HessianOperator(model, logits_loss(), (x, y), training=training, hvp_mode=mode)
+    np.testing.assert_allclose(flatten(op.matvec(v)), expected, **tolerance)
+    h = full_hessian(model, x, y, training)
+    lams, _ = op.top_eigenpairs(k=2, method="lanczos", seed=0)
+    np.testing.assert_allclose(lams, np.linalg.eigvalsh(h)[::-1][:2], rtol=1e-6, atol=0)
+
+
+def test_exact_moments_keep_values_and_first_derivatives(float64):
+    """Inside `exact_moments` the loss and its gradient are unchanged; only
+    second derivatives change. Keras's function is restored on exit."""
+    from keras.src.backend.tensorflow import nn as keras_tf_nn
+
+    from keras_eigensam.backend import autodiff
+
+    model = normalized_model("batch")
+    x, y = classification_data(12)
+    gradient = exact_gradient(model, x, y, training=True)
+    weights = [w.value for w in model.trainable_variables]
+    original = keras_tf_nn._compute_moments
+    plain = flatten(gradient.python_function(weights))
+    with autodiff.exact_moments():
+        with autodiff.exact_moments():  # nests
+            assert keras_tf_nn._compute_moments is not original
+        assert keras_tf_nn._compute_moments is not original
+        exact = flatten(gradient.python_function(weights))
+        inputs = tf.constant(np.random.default_rng(0).standard_normal((7, 5)))
+        patched = keras.ops.moments(inputs, axes=[0])
+    assert keras_tf_nn._compute_moments is original
+    np.testing.assert_allclose(exact, plain, rtol=1e-12, atol=1e-15)
+    for a, b in zip(patched, keras.ops.moments(inputs, axes=[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15)
+
+
 # -------------------------------------------- 3. modes agree, under XLA
 
 
@@ -614,6 +750,46 @@ def test_bad_functional_arguments_raise_naming_the_argument():
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 0)
     with pytest.raises(ValueError, match="`tol`"):
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 3, tol=0.0)
+
+
+@pytest.mark.parametrize("tol", [None, 1e-6], ids=["unrolled", "while_loop"])
+@pytest.mark.parametrize("final_update", [False, True])
+@pytest.mark.parametrize("bad", ["inf", "nan", "zero"])
+def test_power_iteration_keeps_the_vector_when_a_product_is_unusable(bad, final_update, tol):
+    """A product with a non-finite entry, or a zero one, does not replace v."""
+    start = np.arange(1.0, 5.0, dtype="float32")
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        value = {"inf": np.inf, "nan": np.nan, "zero": 0.0}[bad]
+        return [v[0] * 0.0 + value]
+
+    lam, v = hessian.power_iteration(
+        matvec, [tf.constant(start)], 4, tol=tol, final_update=final_update
+    )
+    np.testing.assert_allclose(np.array(v[0]), start / np.linalg.norm(start), rtol=1e-6)
+    assert len(calls) == 4
+    if bad == "zero":
+        assert float(lam) == 0.0
+    else:
+        assert not np.isfinite(float(lam))  # the eigenvalue says what happened
+
+
+@pytest.mark.parametrize("final_update", [False, True])
+def test_power_iteration_survives_a_product_whose_norm_overflows(final_update):
+    """Every entry of H·v is finite but ‖H·v‖ exceeds float32's range.
+
+    `A = 1e38 · 11ᵀ` (top eigenvector 1/√8, eigenvalue 8e38, not
+    representable): `A v` has entries about 2.5e38 and norm 7e38. Scaled
+    before it is normalised, it still gives the right direction; divided by
+    its overflowed norm it would give the zero vector, which would stay zero.
+    """
+    start = np.arange(1.0, 9.0, dtype="float32")
+    matvec = lambda v: [tf.fill([8], 1e38 * tf.reduce_sum(v[0]))]  # noqa: E731
+    lam, v = hessian.power_iteration(matvec, [tf.constant(start)], 3, final_update=final_update)
+    np.testing.assert_allclose(np.array(v[0]), np.full(8, 8**-0.5), rtol=1e-6)
+    assert float(lam) == np.inf
 
 
 def test_power_iteration_final_update_moves_the_vector_with_every_product():
