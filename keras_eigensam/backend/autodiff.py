@@ -1,20 +1,27 @@
-"""TensorFlow automatic differentiation for second derivatives.
+"""TensorFlow automatic differentiation for the Hessian code.
 
-What the Hessian code needs from TensorFlow itself: densifying
-`tf.IndexedSlices`, and a context in which normalization layers compute
-moments whose second derivatives are exact.
+Gradients and Hessian-vector products with `tf.GradientTape` and
+`tf.autodiff.ForwardAccumulator`, densifying `tf.IndexedSlices`, and a
+context in which normalization layers compute moments whose second
+derivatives are exact. `keras_eigensam.hessian` validates arguments and
+documents the API; this module does the TensorFlow work.
 """
 
 import contextlib
 import threading
 import warnings
 
+import keras
 import tensorflow as tf
+
+from keras_eigensam import linalg
 
 try:  # Keras's TensorFlow backend; private, hence guarded.
     from keras.src.backend.tensorflow import nn as _keras_tf_nn
 except ImportError:  # pragma: no cover - depends on the Keras version
     _keras_tf_nn = None
+
+_ZERO = tf.UnconnectedGradients.ZERO
 
 
 def densify(values):
@@ -29,6 +36,9 @@ def densify(values):
         tf.convert_to_tensor(value) if isinstance(value, tf.IndexedSlices) else value
         for value in values
     ]
+
+
+# ------------------------------------------------------------ exact moments
 
 
 def _exact_moments(x, axes, keepdims):
@@ -107,3 +117,137 @@ def exact_moments():
                 if _depth == 0:
                     _keras_tf_nn._compute_moments = _original
                     _original = None
+
+
+# ------------------------------------------------- gradients and products
+
+
+def primals(variables):
+    """The backing `tf.Variable`s of `variables`, what the tapes watch.
+
+    Keras 3 variables wrap a `tf.Variable`; a `ForwardAccumulator` only sees
+    reads of that backing variable, so it is the primal.
+
+    Raises:
+        ValueError: if `variables` is empty or a value is not a
+            `tf.Variable` (read inside a `keras.StatelessScope` or an
+            autocast scope).
+    """
+    if isinstance(variables, (tf.Variable, keras.Variable)):
+        variables = [variables]
+    result = []
+    for variable in variables:
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        if not isinstance(value, tf.Variable):
+            raise ValueError(
+                "`variables` must be Keras variables backed by a `tf.Variable` "
+                "(or `tf.Variable`s) whose value is read by `loss_fn`. "
+                f"Received: variable {variable.name!r} whose value is a "
+                f"{type(value).__name__}; compute the HVP outside any "
+                "`keras.StatelessScope` or autocast scope."
+            )
+        result.append(value)
+    if not result:
+        raise ValueError("`variables` must not be empty. Received: variables=[]")
+    return result
+
+
+def tangents(vectors, primals):
+    """`vectors` as tensors of the primals' dtypes, checked against shapes.
+
+    Raises:
+        ValueError: if `vectors` is not a list of one tensor per primal, or
+            a shape differs.
+    """
+    if not isinstance(vectors, (list, tuple)):
+        raise ValueError(
+            "`vectors` must be a list of tensors, one per variable. "
+            f"Received: vectors of type {type(vectors).__name__}"
+        )
+    if len(vectors) != len(primals):
+        raise ValueError(
+            f"`vectors` must have one tensor per variable ({len(primals)}). "
+            f"Received: {len(vectors)} tensors"
+        )
+    result = []
+    for index, (vector, primal) in enumerate(zip(vectors, primals)):
+        tangent = tf.cast(tf.convert_to_tensor(vector), primal.dtype)
+        if not tangent.shape.is_compatible_with(primal.shape):
+            raise ValueError(
+                f"`vectors[{index}]` must have the shape of variable "
+                f"{primal.name!r}, {tuple(primal.shape)}. Received: "
+                f"shape {tuple(tangent.shape)}"
+            )
+        result.append(tangent)
+    return result
+
+
+def gradient(loss_fn, primals):
+    """Dense `∇ loss_fn()` with respect to `primals` (zeros if unconnected).
+
+    Raises:
+        ValueError: if `loss_fn` does not return a scalar.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(primals)
+        loss = loss_fn()
+    if loss.shape.rank not in (None, 0):
+        raise ValueError(
+            "`loss_fn` must return a scalar loss. Received: a tensor of "
+            f"shape {tuple(loss.shape)}"
+        )
+    # The outer differentiation and the vector math need dense tensors.
+    return densify(tape.gradient(loss, primals, unconnected_gradients=_ZERO))
+
+
+def hvp(loss_fn, primals, tangents, mode):
+    """`H·tangents` of `loss_fn` at `primals`, by `mode` (dense, exact moments).
+
+    ```
+    forward_over_backward:  JVP of the gradient (a ForwardAccumulator
+                            around a GradientTape)
+    reverse_over_reverse:   gradient of <∇L, v> (a tape over the gradient)
+    ```
+    """
+    with exact_moments():
+        if mode == "forward_over_backward":
+            with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+                grads = gradient(loss_fn, primals)
+            # The JVP of a densified embedding gradient is IndexedSlices again.
+            return densify(
+                [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+            )
+        with tf.GradientTape() as outer:
+            outer.watch(primals)
+            grads = gradient(loss_fn, primals)
+            directional = linalg.inner(grads, tangents)
+        return densify(outer.gradient(directional, primals, unconnected_gradients=_ZERO))
+
+
+def persistent_hvp(loss_fn, primals):
+    """`matvec(tangents)` replaying one recorded forward and backward pass.
+
+    The gradient is recorded once on a persistent tape (with exact moments);
+    every product is one more backward pass through it,
+    `outer.gradient(g, w, output_gradients=v)`.
+    """
+    with exact_moments(), tf.GradientTape(persistent=True) as outer:
+        outer.watch(primals)
+        grads = gradient(loss_fn, primals)
+
+    def matvec(tangents):
+        return densify(
+            outer.gradient(
+                grads, primals, output_gradients=tangents, unconnected_gradients=_ZERO
+            )
+        )
+
+    return matvec
+
+
+def value_and_gradient(fn, values):
+    """`fn(values)` and its dense gradient with respect to the tensors `values`."""
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        value = fn(values)
+    return value, densify(tape.gradient(value, values, unconnected_gradients=_ZERO))
