@@ -1,12 +1,12 @@
 """keras-eigensam: SAM, ASAM, Eigen-SAM and X-SAM for Keras 3 on TensorFlow."""
 
-try:
-    import tensorflow as _tf  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the environment
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec("tensorflow") is None:  # pragma: no cover
     raise ImportError(
         "keras_eigensam needs TensorFlow 2.21. Install it with the `cpu` or "
         "`gpu` extra: `pip install 'keras-eigensam[cpu]'`."
-    ) from e
+    )
 
 import keras as _keras
 

@@ -3,11 +3,11 @@
 import keras
 from keras import ops
 
-from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import gradients
+from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
@@ -360,7 +360,7 @@ class SharpnessAwareModel(keras.Model):
                         loss = self._loss(x, y, y_pred, sample_weight)
                     return ops.cast(loss, "float32")
 
-                local_matvec = hessian.make_hvp(
+                local_matvec = make_hvp(
                     loss_fn, self.trainable_variables, mode=mode
                 )
 

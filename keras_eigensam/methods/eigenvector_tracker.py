@@ -12,11 +12,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam import validation
+from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
+from keras_eigensam.hessian.hvp import HVP_MODES
+from keras_eigensam.hessian.power_iteration import power_iteration
 
-HVP_MODES = ("forward_over_backward", "reverse_over_reverse")
 WHICH = ("largest", "magnitude")
 
 #: Names of the per-step metrics, fixed (they appear in History).
@@ -107,7 +108,7 @@ class EigenvectorTracker:
         power_iterations=None,
         which="largest",
         hessian_training=False,
-        hvp_mode="reverse_over_reverse",
+        hvp_mode=DEFAULT_HVP_MODE,
         seed=None,
     ):
         self.refresh_every = validation.check_int(
@@ -192,7 +193,7 @@ class EigenvectorTracker:
 
         def compute(matvec):
             if self.which == "magnitude":
-                eigenvalue, vector = hessian.power_iteration(
+                eigenvalue, vector = power_iteration(
                     matvec, current, self.num_matvecs, final_update=True
                 )
             else:

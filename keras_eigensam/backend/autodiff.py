@@ -1,0 +1,253 @@
+"""TensorFlow automatic differentiation for the Hessian code.
+
+Gradients and Hessian-vector products with `tf.GradientTape` and
+`tf.autodiff.ForwardAccumulator`, densifying `tf.IndexedSlices`, and a
+context in which normalization layers compute moments whose second
+derivatives are exact. `keras_eigensam.hessian` validates arguments and
+documents the API; this module does the TensorFlow work.
+"""
+
+import contextlib
+import threading
+import warnings
+
+import keras
+import tensorflow as tf
+
+from keras_eigensam import linalg
+
+try:  # Keras's TensorFlow backend; private, hence guarded.
+    from keras.src.backend.tensorflow import nn as _keras_tf_nn
+except ImportError:  # pragma: no cover - depends on the Keras version
+    _keras_tf_nn = None
+
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def densify(values):
+    """`values` (a list) with every `tf.IndexedSlices` made a dense tensor.
+
+    Embedding gradients, and the JVPs of their gradients, come back as
+    `IndexedSlices` whose indices repeat; the vector algebra of
+    `keras_eigensam.linalg` and the outer differentiation need dense tensors.
+    `None` entries are kept.
+    """
+    return [
+        tf.convert_to_tensor(value) if isinstance(value, tf.IndexedSlices) else value
+        for value in values
+    ]
+
+
+# ------------------------------------------------------------ exact moments
+
+
+def _exact_moments(x, axes, keepdims):
+    """`tf.nn.moments` without its `stop_gradient` on the mean.
+
+    The same forward values (the same operations), but the variance
+    `mean((x − mean(x))²)` depends on `x` through the mean too, so its second
+    derivatives are exact.
+    """
+    mean = tf.reduce_mean(x, axes, keepdims=True)
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=True)
+    if not keepdims:
+        mean = tf.squeeze(mean, axes)
+        variance = tf.squeeze(variance, axes)
+    return mean, variance
+
+
+_lock = threading.Lock()
+_depth = 0
+_original = None
+_warned = False
+
+
+@contextlib.contextmanager
+def exact_moments():
+    """Context in which Keras computes exact moments, for second derivatives.
+
+    Keras's BatchNormalization (training mode), LayerNormalization and
+    GroupNormalization compute their statistics with `tf.nn.moments`
+    (through `keras.src.backend.tensorflow.nn._compute_moments`), which stops
+    the gradient through the mean inside the variance:
+
+    ```
+    variance = mean((x − stop_gradient(mean(x)))²)
+    ```
+
+    First derivatives are unchanged by the stop (the derivative of the
+    variance with respect to the mean is `−2·mean(x − mean(x)) = 0`), second
+    derivatives are not. While this context is active (on any thread),
+    `_compute_moments` is replaced by the same computation without the stop;
+    forward values and first derivatives are the same, and Hessians recorded
+    (or traced) inside the context are exact. Contexts nest; the original is
+    restored when the outermost one exits. Synchronized BatchNormalization
+    computes `E[x²] − E[x]²`, which is already exact.
+
+    If the installed Keras has no `_compute_moments`, a `RuntimeWarning`
+    says so (once) and nothing is replaced.
+    """
+    global _depth, _original, _warned
+    with _lock:
+        patchable = _keras_tf_nn is not None and hasattr(
+            _keras_tf_nn, "_compute_moments"
+        )
+        if patchable:
+            if _depth == 0:
+                _original = _keras_tf_nn._compute_moments
+                _keras_tf_nn._compute_moments = _exact_moments
+            _depth += 1
+        elif not _warned:
+            _warned = True
+            warnings.warn(
+                "keras_eigensam could not find Keras's "
+                "`keras.src.backend.tensorflow.nn._compute_moments`; Hessians "
+                "of models with BatchNormalization (training mode), "
+                "LayerNormalization or GroupNormalization may be inexact with "
+                "this Keras version.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    try:
+        yield
+    finally:
+        if patchable:
+            with _lock:
+                _depth -= 1
+                if _depth == 0:
+                    _keras_tf_nn._compute_moments = _original
+                    _original = None
+
+
+# ------------------------------------------------- gradients and products
+
+
+def primals(variables):
+    """The backing `tf.Variable`s of `variables`, what the tapes watch.
+
+    Keras 3 variables wrap a `tf.Variable`; a `ForwardAccumulator` only sees
+    reads of that backing variable, so it is the primal.
+
+    Raises:
+        ValueError: if `variables` is empty or a value is not a
+            `tf.Variable` (read inside a `keras.StatelessScope` or an
+            autocast scope).
+    """
+    if isinstance(variables, (tf.Variable, keras.Variable)):
+        variables = [variables]
+    result = []
+    for variable in variables:
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        if not isinstance(value, tf.Variable):
+            raise ValueError(
+                "`variables` must be Keras variables backed by a `tf.Variable` "
+                "(or `tf.Variable`s) whose value is read by `loss_fn`. "
+                f"Received: variable {variable.name!r} whose value is a "
+                f"{type(value).__name__}; compute the HVP outside any "
+                "`keras.StatelessScope` or autocast scope."
+            )
+        result.append(value)
+    if not result:
+        raise ValueError("`variables` must not be empty. Received: variables=[]")
+    return result
+
+
+def tangents(vectors, primals):
+    """`vectors` as tensors of the primals' dtypes, checked against shapes.
+
+    Raises:
+        ValueError: if `vectors` is not a list of one tensor per primal, or
+            a shape differs.
+    """
+    if not isinstance(vectors, (list, tuple)):
+        raise ValueError(
+            "`vectors` must be a list of tensors, one per variable. "
+            f"Received: vectors of type {type(vectors).__name__}"
+        )
+    if len(vectors) != len(primals):
+        raise ValueError(
+            f"`vectors` must have one tensor per variable ({len(primals)}). "
+            f"Received: {len(vectors)} tensors"
+        )
+    result = []
+    for index, (vector, primal) in enumerate(zip(vectors, primals)):
+        tangent = tf.cast(tf.convert_to_tensor(vector), primal.dtype)
+        if not tangent.shape.is_compatible_with(primal.shape):
+            raise ValueError(
+                f"`vectors[{index}]` must have the shape of variable "
+                f"{primal.name!r}, {tuple(primal.shape)}. Received: "
+                f"shape {tuple(tangent.shape)}"
+            )
+        result.append(tangent)
+    return result
+
+
+def gradient(loss_fn, primals):
+    """Dense `∇ loss_fn()` with respect to `primals` (zeros if unconnected).
+
+    Raises:
+        ValueError: if `loss_fn` does not return a scalar.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(primals)
+        loss = loss_fn()
+    if loss.shape.rank not in (None, 0):
+        raise ValueError(
+            "`loss_fn` must return a scalar loss. Received: a tensor of "
+            f"shape {tuple(loss.shape)}"
+        )
+    # The outer differentiation and the vector math need dense tensors.
+    return densify(tape.gradient(loss, primals, unconnected_gradients=_ZERO))
+
+
+def hvp(loss_fn, primals, tangents, mode):
+    """`H·tangents` of `loss_fn` at `primals`, by `mode` (dense, exact moments).
+
+    ```
+    forward_over_backward:  JVP of the gradient (a ForwardAccumulator
+                            around a GradientTape)
+    reverse_over_reverse:   gradient of <∇L, v> (a tape over the gradient)
+    ```
+    """
+    with exact_moments():
+        if mode == "forward_over_backward":
+            with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+                grads = gradient(loss_fn, primals)
+            # The JVP of a densified embedding gradient is IndexedSlices again.
+            return densify(
+                [accumulator.jvp(g, unconnected_gradients=_ZERO) for g in grads]
+            )
+        with tf.GradientTape() as outer:
+            outer.watch(primals)
+            grads = gradient(loss_fn, primals)
+            directional = linalg.inner(grads, tangents)
+        return densify(outer.gradient(directional, primals, unconnected_gradients=_ZERO))
+
+
+def persistent_hvp(loss_fn, primals):
+    """`matvec(tangents)` replaying one recorded forward and backward pass.
+
+    The gradient is recorded once on a persistent tape (with exact moments);
+    every product is one more backward pass through it,
+    `outer.gradient(g, w, output_gradients=v)`.
+    """
+    with exact_moments(), tf.GradientTape(persistent=True) as outer:
+        outer.watch(primals)
+        grads = gradient(loss_fn, primals)
+
+    def matvec(tangents):
+        return densify(
+            outer.gradient(
+                grads, primals, output_gradients=tangents, unconnected_gradients=_ZERO
+            )
+        )
+
+    return matvec
+
+
+def value_and_gradient(fn, values):
+    """`fn(values)` and its dense gradient with respect to the tensors `values`."""
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        value = fn(values)
+    return value, densify(tape.gradient(value, values, unconnected_gradients=_ZERO))

@@ -1,0 +1,12 @@
+"""Compiling a Python function into one TensorFlow graph."""
+
+import tensorflow as tf
+
+
+def function(fn, jit_compile=False):
+    """`fn` as a `tf.function` (with XLA if `jit_compile`), retracing little.
+
+    Create one per object that owns it: TensorFlow's retracing warning is
+    keyed on the Python function, and a fresh one is expected to trace.
+    """
+    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)

@@ -1,0 +1,64 @@
+"""Hessian toolkit: Hessian-vector products, eigenpairs, trace, density, sharpness.
+
+Two layers:
+
+1. A functional core that a compiled training step can call, in replica
+   context, under `jit_compile=True`: `hvp` (one Hessian-vector product of a
+   zero-argument loss function), `make_hvp` (a `matvec` that reuses one
+   recorded forward and backward pass for many products) and
+   `power_iteration`. Nothing there all-reduces; the caller does.
+2. Analysis tools, called eagerly between epochs or after training:
+   `HessianOperator` (the Hessian of a Keras model's mean loss over one batch
+   or a dataset, with `matvec`, `top_eigenpairs`, `trace` and `density`),
+   the estimators it runs, which are free functions over any `matvec`
+   (`lanczos_eigenpairs`, `hutchinson_trace`, `spectral_density`), and
+   `sharpness` of a `ProbeLoss`. They return NumPy numbers.
+
+Modules: `hvp.py`, `power_iteration.py`, `lanczos.py`, `trace.py`,
+`density.py`, `operator.py`, `sharpness.py`, and `probe.py` (probe data and
+the loss on it, shared with `keras_eigensam.callbacks`). The functions
+`hvp`, `power_iteration` and `sharpness` are re-exported under the names of
+their modules, so `keras_eigensam.hessian.hvp` is the function; import from
+a module with `from keras_eigensam.hessian.hvp import make_hvp`. TensorFlow
+itself is only used through `keras_eigensam.backend`.
+
+Vectors are lists of tensors shaped like the model's trainable variables (see
+`keras_eigensam.linalg`), never one concatenated vector, so that the core works
+for any model without copying its weights.
+"""
+
+from keras_eigensam.hessian.density import spectral_density
+from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
+from keras_eigensam.hessian.hvp import HVP_MODES
+from keras_eigensam.hessian.hvp import hvp
+from keras_eigensam.hessian.hvp import make_hvp
+from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
+from keras_eigensam.hessian.operator import EIGEN_METHODS
+from keras_eigensam.hessian.operator import HessianOperator
+from keras_eigensam.hessian.power_iteration import deflated_power_iteration
+from keras_eigensam.hessian.power_iteration import power_iteration
+from keras_eigensam.hessian.probe import ProbeLoss
+from keras_eigensam.hessian.probe import read_batches
+from keras_eigensam.hessian.sharpness import SHARPNESS_MEASURES
+from keras_eigensam.hessian.sharpness import random_unit_directions
+from keras_eigensam.hessian.sharpness import sharpness
+from keras_eigensam.hessian.trace import hutchinson_trace
+
+__all__ = [
+    "DEFAULT_HVP_MODE",
+    "EIGEN_METHODS",
+    "HVP_MODES",
+    "HessianOperator",
+    "ProbeLoss",
+    "SHARPNESS_MEASURES",
+    "deflated_power_iteration",
+    "hutchinson_trace",
+    "hvp",
+    "lanczos_eigenpairs",
+    "make_hvp",
+    "power_iteration",
+    "random_unit_directions",
+    "read_batches",
+    "sharpness",
+    "spectral_density",
+]

@@ -1,0 +1,383 @@
+"""The probe set and the loss measured on it.
+
+What the Hessian tools and the curvature callbacks share: reading probe data
+once (`read_batches`), resolving the loss to measure (`resolve_loss`),
+reducing it like Keras (`mean_loss`), evaluating it at any weight values
+without writing a variable (`model_loss`), lists of tensors shaped like
+the weights (`check_vectors`, and flat NumPy views: `flatten`, `unflatten`),
+and `ProbeLoss`, the mean loss of a model on a fixed probe set with its
+gradient.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_eigensam import linalg
+from keras_eigensam.backend import autodiff
+from keras_eigensam.backend import replicas
+from keras_eigensam.backend import tracing
+
+#: Loss reductions whose result is a scalar.
+REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "sum")
+
+
+# ------------------------------------------------------------------- data
+
+
+def batch_size(x):
+    """Number of examples in `x` (a tensor or a structure of tensors)."""
+    return int(keras.tree.flatten(x)[0].shape[0])
+
+
+def read_batches(data):
+    """Reads probe `data` once into a list of `{"x", "y"[, "sample_weight"]}`.
+
+    `data` is one batch `(x, y)` / `(x, y, sample_weight)` (a tuple), or a
+    `tf.data.Dataset` or other iterable of such batches (batches this
+    function returned are kept as they are). The batches are kept as
+    tensors, so every later measurement sees the same examples.
+
+    Args:
+        data: The probe set, as above.
+
+    Returns:
+        A list of dicts with tensors under `"x"`, `"y"` and, when given,
+        `"sample_weight"`.
+
+    Raises:
+        TypeError: if `data` is none of these, or already distributed.
+        ValueError: if a batch is malformed, has no targets or no examples,
+            or there is no batch.
+
+    Example:
+
+    ```python
+    batches = read_batches((x[:128], y[:128]))
+    ```
+    """
+    if replicas.is_distributed_dataset(data):
+        raise TypeError(
+            "`data` must not be distributed already: pass the undistributed "
+            "`tf.data.Dataset`; every batch is split over the replicas where "
+            "needed."
+        )
+    if isinstance(data, tuple):
+        raw_batches = [data]
+    elif hasattr(data, "__iter__") and not isinstance(data, (dict, str, np.ndarray)):
+        raw_batches = data
+    else:
+        raise TypeError(
+            "`data` must be one batch `(x, y)` or `(x, y, sample_weight)` (a "
+            "tuple), or a `tf.data.Dataset` or iterable of such batches. "
+            f"Received: data of type {type(data).__name__}"
+        )
+    batches = []
+    for index, raw in enumerate(raw_batches):
+        if isinstance(raw, dict) and {"x", "y"} <= set(raw):
+            batches.append(raw)  # read already
+            continue
+        if not isinstance(raw, (tuple, list)) or len(raw) not in (2, 3):
+            length = f" with {len(raw)} elements" if isinstance(raw, (tuple, list)) else ""
+            raise ValueError(
+                "Every batch of `data` must be `(x, y)` or `(x, y, "
+                f"sample_weight)`. Received: batch {index} of type "
+                f"{type(raw).__name__}{length}. Pass a single batch as a "
+                "tuple, not a list."
+            )
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(raw))
+        if y is None:
+            raise ValueError(
+                f"Every batch of `data` needs targets `y`. Received: batch "
+                f"{index} with y=None"
+            )
+        batch = {
+            "x": keras.tree.map_structure(ops.convert_to_tensor, x),
+            "y": keras.tree.map_structure(ops.convert_to_tensor, y),
+        }
+        if sample_weight is not None:
+            batch["sample_weight"] = ops.convert_to_tensor(sample_weight)
+        if batch_size(batch["x"]) == 0:
+            raise ValueError(
+                "`data` must not be empty: every batch needs at least one "
+                f"example. Received: batch {index} of `data` with 0 examples"
+            )
+        batches.append(batch)
+    if not batches:
+        raise ValueError(
+            "`data` must not be empty: it must contain at least one batch. "
+            f"Received: a {type(data).__name__} with 0 batches"
+        )
+    return batches
+
+
+# ------------------------------------------------------------------- loss
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A callable `fn(y_true, y_pred)` as a `Loss` with a mean reduction."""
+
+    def __init__(self, fn, dtype):
+        super().__init__(name=getattr(fn, "__name__", None), dtype=dtype)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def resolve_loss(loss, model):
+    """The `keras.losses.Loss` to measure: `loss`, else `model.loss`.
+
+    A callable `fn(y_true, y_pred)` becomes a loss with the
+    `"sum_over_batch_size"` reduction, computed in the wider of floatx and
+    the weights' dtype (a float64 model gets a float64 loss).
+
+    Raises:
+        TypeError: if the loss is neither a Keras loss, its name nor a
+            callable.
+        ValueError: if `loss` is None and the model has no compiled loss,
+            the model has several losses, or the loss does not reduce to a
+            scalar.
+    """
+    source = "loss"
+    if loss is None:
+        loss, source = getattr(model, "loss", None), "model.loss"
+        if loss is None:
+            raise ValueError(
+                "`loss` is None and the model has no compiled loss. Compile "
+                "the model with a loss or pass `loss=`. Received: loss=None, "
+                "model.loss=None"
+            )
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            "The Hessian tools and curvature callbacks measure a model with "
+            f"one loss; pass the loss to measure as `loss=`. Received: {source}={loss!r}"
+        )
+    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if not isinstance(fn, keras.losses.Loss):
+        if not callable(fn):
+            raise TypeError(
+                "`loss` must be a Keras loss, the name of one, or a callable "
+                f"`loss(y_true, y_pred)`. Received: {source}={loss!r}"
+            )
+        weights = model.trainable_variables
+        dtype = keras.config.floatx()
+        if weights:
+            dtype = keras.backend.result_type(dtype, weights[0].dtype)
+        fn = _FunctionLoss(fn, dtype=dtype)
+    if fn.reduction not in REDUCTIONS:
+        raise ValueError(
+            "The loss must reduce to a scalar; its reduction must be one of "
+            f"{sorted(REDUCTIONS)}. Received: {source} with "
+            f"reduction={fn.reduction!r}"
+        )
+    return fn
+
+
+def mean_loss(loss, y_true, y_pred, sample_weight=None):
+    """The loss of one batch, reduced like Keras's `Loss.__call__`.
+
+    `Loss.__call__` divides the loss by the number of replicas when called in
+    a replica context (so that summing gradients gives the mean), which would
+    divide this replica's Hessian too; the reduction is done here instead.
+
+    Raises:
+        NotImplementedError: if `y_pred` carries a Keras mask.
+    """
+    if getattr(y_pred, "_keras_mask", None) is not None:
+        raise NotImplementedError(
+            "The Hessian tools do not support models with masked outputs. "
+            "Compute the loss yourself and use `hessian.hvp`."
+        )
+    convert = lambda t: ops.convert_to_tensor(t, dtype=loss.dtype)  # noqa: E731
+    y_pred = keras.tree.map_structure(convert, y_pred)
+    y_true = keras.tree.map_structure(convert, y_true)
+    values = ops.convert_to_tensor(loss.call(y_true, y_pred), dtype=loss.dtype)
+    if len(values.shape) == 0:
+        # The loss reduced itself (Keras leaves such values alone too).
+        return values
+    if sample_weight is not None:
+        sample_weight = ops.cast(sample_weight, values.dtype)
+        # Per-example weights broadcast over any trailing loss axes.
+        while len(sample_weight.shape) < len(values.shape):
+            sample_weight = ops.expand_dims(sample_weight, -1)
+        while len(sample_weight.shape) > len(values.shape) and sample_weight.shape[-1] == 1:
+            sample_weight = ops.squeeze(sample_weight, -1)
+        values = values * sample_weight
+    total = ops.sum(values)
+    if loss.reduction == "sum":
+        return total
+    if loss.reduction == "mean_with_sample_weight" and sample_weight is not None:
+        divisor = ops.sum(sample_weight * ops.ones_like(values))
+    else:
+        divisor = ops.cast(ops.size(values), values.dtype)
+    return ops.divide_no_nan(total, divisor)
+
+
+def model_loss(model, loss, batch, training=False, values=None):
+    """`mean_loss` of `model` on `batch` plus `model.losses`; writes nothing.
+
+    The model runs in a `keras.StatelessScope` that maps each trainable
+    variable to `values` (default: the variable's own backing value, so that
+    tapes watching the variables see it and weight regularisers find a
+    value); every state write (BatchNormalization statistics, seed states)
+    lands in the scope and is dropped with it.
+    """
+    variables = model.trainable_variables
+    if values is None:
+        values = [v.value for v in variables]
+    with keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=True):
+        y_pred = model(batch["x"], training=training)
+        result = mean_loss(loss, batch["y"], y_pred, batch.get("sample_weight"))
+        extra = [ops.sum(ops.cast(t, result.dtype)) for t in model.losses]
+    if extra:
+        result = result + ops.sum(ops.stack(extra))
+    return result
+
+
+# ----------------------------------------------------------- flat vectors
+
+
+def flatten(tensors):
+    """A list of tensors as one float64 NumPy vector (C order, in list order)."""
+    return np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in tensors])
+
+
+def unflatten(flat, like):
+    """`flatten`'s inverse: tensors shaped and typed like `like`'s entries."""
+    tensors, offset = [], 0
+    for reference in like:
+        shape = tuple(reference.shape)
+        size = int(np.prod(shape))
+        tensors.append(
+            ops.convert_to_tensor(
+                np.reshape(flat[offset : offset + size], shape), dtype=reference.dtype
+            )
+        )
+        offset += size
+    return tensors
+
+
+def check_vectors(vectors, variables, name):
+    """`vectors` as tensors of the variables' dtypes, checked against them.
+
+    Raises:
+        ValueError: naming `name`, if `vectors` is not a list of one tensor
+            per variable, shaped like it.
+    """
+    if not isinstance(vectors, (list, tuple)) or len(vectors) != len(variables):
+        length = f" with {len(vectors)} entries" if isinstance(vectors, (list, tuple)) else ""
+        raise ValueError(
+            f"`{name}` must be a list of {len(variables)} tensors shaped like "
+            f"`model.trainable_variables`. Received: {name} of type "
+            f"{type(vectors).__name__}{length}"
+        )
+    checked = []
+    for index, (vector, variable) in enumerate(zip(vectors, variables)):
+        tensor = ops.convert_to_tensor(vector, dtype=variable.dtype)
+        if tuple(tensor.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"`{name}[{index}]` must have the shape of variable "
+                f"{variable.path!r}, {tuple(variable.shape)}. Received: "
+                f"shape {tuple(tensor.shape)}"
+            )
+        checked.append(tensor)
+    return checked
+
+
+# -------------------------------------------------------------- the loss
+
+
+class ProbeLoss:
+    """The mean loss of a model on a fixed probe set, at any weight values.
+
+    ```
+    L(w) = Σ_b n_b · L_b(w) / Σ_b n_b + Σ model.losses
+    ```
+
+    where `L_b` is the (sample-weighted) mean loss on batch `b` of `n_b`
+    examples. `data` is read once; the model runs on weight *values* in a
+    `keras.StatelessScope`, so no variable (weights, BatchNormalization
+    statistics, seed states) is ever written. An unbuilt model is built by
+    calling it once on the first batch in inference mode.
+
+    Args:
+        model: A Keras model (or layer) with trainable weights.
+        loss: A Keras loss, its name, or a callable `loss(y_true, y_pred)`;
+            `None` uses `model.loss`.
+        data: One batch `(x, y)` or `(x, y, sample_weight)` (a tuple), or a
+            `tf.data.Dataset` or iterable of such batches.
+        training: Whether to run the model in training mode (batch
+            statistics, dropout). Defaults to `False`.
+
+    Raises:
+        TypeError: if `data` or `loss` has the wrong type.
+        ValueError: as `read_batches` and `resolve_loss`, or if the model
+            has no trainable weights.
+
+    Example:
+
+    ```python
+    objective = ProbeLoss(model, "mse", (x[:128], y[:128]))
+    loss, grads = objective.value_and_gradient()
+    ```
+    """
+
+    def __init__(self, model, loss, data, training=False):
+        self.model = model
+        self.training = training
+        self.batches = read_batches(data)
+        if not model.built:
+            # Building creates the weights; inference mode writes no state.
+            with replicas.strategy_of(model).scope():
+                model(self.batches[0]["x"], training=False)
+        self.variables = list(model.trainable_variables)
+        if not self.variables:
+            raise ValueError(
+                "`model` has no trainable weights, so its Hessian is empty. "
+                f"Received: model={model.name!r} with {len(model.weights)} "
+                "weights, none trainable."
+            )
+        self.loss = resolve_loss(loss, model)
+        self.num_examples = sum(batch_size(b["x"]) for b in self.batches)
+        self._value_fn = None
+        self._gradient_fn = None
+
+    def batch_loss(self, batch, values=None):
+        """The loss on one batch (a tensor), see `model_loss`."""
+        return model_loss(self.model, self.loss, batch, self.training, values)
+
+    def weights(self):
+        """The current values of the trainable weights (tensors)."""
+        return [ops.convert_to_tensor(v.value) for v in self.variables]
+
+    def value(self, values=None):
+        """`L(values)` (default: the current weights), a Python float."""
+        if self._value_fn is None:
+            self._value_fn = tracing.function(
+                lambda values, batch: self.batch_loss(batch, values)
+            )
+        values = self.weights() if values is None else values
+        total = 0.0
+        for batch in self.batches:
+            total += batch_size(batch["x"]) * float(self._value_fn(values, batch))
+        return total / self.num_examples
+
+    def value_and_gradient(self, values=None):
+        """`L(values)` (a float) and `∇L(values)` (tensors shaped like the weights)."""
+        if self._gradient_fn is None:
+            self._gradient_fn = tracing.function(
+                lambda values, batch: autodiff.value_and_gradient(
+                    lambda v: self.batch_loss(batch, v), values
+                )
+            )
+        values = self.weights() if values is None else values
+        total, grads = 0.0, None
+        for batch in self.batches:
+            n = batch_size(batch["x"])
+            loss, batch_grads = self._gradient_fn(values, batch)
+            total += n * float(loss)
+            # np.float64: a Python float would be rounded to float32 first.
+            batch_grads = linalg.scale(batch_grads, np.float64(n / self.num_examples))
+            grads = batch_grads if grads is None else linalg.add(grads, batch_grads)
+        return total / self.num_examples, grads
