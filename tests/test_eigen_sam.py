@@ -365,13 +365,15 @@ def test_documented_reductions(reduced, reference):
     tiny.assert_weights_close(tiny.weights_of(a), tiny.weights_of(b))
 
 
-def test_x_sam_alpha_zero_is_sam_with_a_normalised_descent_gradient():
+@pytest.mark.parametrize("rho", [0.3, 0.0])
+def test_x_sam_alpha_zero_is_sam_with_a_normalised_descent_gradient(rho):
+    # rho = 0 is then the base optimizer on the normalised gradient.
     x, y = tiny.data(n=16)
-    model = _model(ks.XSAM(rho=0.3, alpha=0.0, seed=0))
+    model = _model(ks.XSAM(rho=rho, alpha=0.0, seed=0))
     w0 = tiny.weights_of(model)
     model.train_on_batch(x, y)
     _, g = ref.mlp_loss_and_grad(w0, x.astype(float), y.astype(float))
-    e = ref.sam_perturbation(g, None, 0.3)
+    e = ref.sam_perturbation(g, None, rho)
     _, g_a = ref.mlp_loss_and_grad([w + ei for w, ei in zip(w0, e)], x, y)
     norm = ref.norm(g_a)
     tiny.assert_weights_close(

@@ -315,7 +315,8 @@ def test_parse_method_args():
         (
             ["--method=asam", "--method_args=eta=0.1,alpha=0.1"],
             "Method 'asam' (ASAM) takes no argument `alpha`; its arguments are "
-            "['eta', 'rho']. Received: alpha=0.1",
+            "['eta', 'hessian_training', 'hvp_mode', 'num_matvecs', 'refresh_every', "
+            "'rho', 'seed', 'tracker', 'which']. Received: alpha=0.1",
         ),
         (["--method=xsam", "--method_args=alpha=-1"], "`alpha` must be a float >= 0.0"),
         (
