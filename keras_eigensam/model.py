@@ -6,7 +6,7 @@ from keras import ops
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.backend import distribute
-from keras_eigensam.backend import gradients
+from keras_eigensam.backend import autodiff
 from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
@@ -203,6 +203,19 @@ class SharpnessAwareModel(keras.Model):
         ]
 
     def _check_compiled_setup(self):
+        if self.steps_per_execution > 1 and distribute.uses_merge_call():
+            # The conditional update that skips non-finite steps is taken in
+            # cross-replica context there, which TensorFlow cannot place
+            # inside Keras's multi-step loop (it fails with "You must feed a
+            # value for placeholder tensor"): refuse it clearly instead.
+            raise ValueError(
+                "`steps_per_execution > 1` is not supported under "
+                "this strategy and device set-up "
+                "(a strategy that synchronises replicas with `merge_call`, "
+                "such as MirroredStrategy on CPUs). Received: "
+                f"steps_per_execution={self.steps_per_execution}; compile "
+                "with `steps_per_execution=1`."
+            )
         accumulation = getattr(
             _inner_optimizer(self.optimizer), "gradient_accumulation_steps", None
         )
@@ -250,7 +263,7 @@ class SharpnessAwareModel(keras.Model):
                 loss = self._loss(x, y, y_pred, sample_weight)
             return self.optimizer.scale_loss(loss), (loss, y_pred, scope)
 
-        _, (loss, y_pred, first_scope), raw_grads = gradients.value_and_gradient(
+        _, (loss, y_pred, first_scope), raw_grads = autodiff.value_aux_and_gradient(
             first_pass, variables
         )
         state_updates = [
@@ -285,7 +298,7 @@ class SharpnessAwareModel(keras.Model):
                     loss_ = self._loss(xs, ys, y_pred_, weights_)
                 return self.optimizer.scale_loss(loss_), loss_
 
-            _, loss_, raw = gradients.value_and_gradient(
+            _, loss_, raw = autodiff.value_aux_and_gradient(
                 second_pass, perturbed, watch=True
             )
             # A finite gradient of a non-finite loss must not be applied.

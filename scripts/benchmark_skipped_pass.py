@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app
 from absl import flags
 
+import benchmark_results
+
 flags.DEFINE_string("model", "resnet18", "Architecture name (keras_eigensam.experiments.architectures).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_list("input_shape", ["32", "32", "3"], "Input shape.")
@@ -152,6 +154,7 @@ def main(argv):
         )
     with open(os.path.join(FLAGS.output_dir, "skipped_pass.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    benchmark_results.write_results_index(FLAGS.output_dir)
     print("\n".join(lines))
 
 

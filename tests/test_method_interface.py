@@ -142,9 +142,8 @@ def test_second_pass_skipped_under_mirrored_strategy(mirrored_strategy):
         model = ks.SharpnessAwareModel(
             tiny.mlp(), method=SAMEveryK(rho=0.2, k=2), perturbation_scope="global"
         )
-        # steps_per_execution > 1 under MirroredStrategy fails for every
-        # method (a conditional update inside Keras's multi-step loop on a
-        # merge-call strategy): a known limitation, tracked separately.
+        # steps_per_execution > 1 is refused on merge-call strategies
+        # (tests/test_model.py).
         model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     w = tiny.weights_of(model)
     model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(4), epochs=1, verbose=0)

@@ -515,3 +515,13 @@ def test_keras_file_saved_by_release_0_1_loads_and_trains():
     model.fit(x, x[:, :3], batch_size=16, epochs=1, verbose=0)
     assert int(model.optimizer.iterations) == expected["iterations"] + 2
     assert int(tracker.num_refreshes) == expected["num_refreshes"] + 1
+
+
+def test_steps_per_execution_on_a_merge_call_strategy_is_refused(mirrored_strategy):
+    # Every method failed there with a cryptic TensorFlow error.
+    x, y = tiny.data(n=16)
+    with mirrored_strategy.scope():
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM())
+        model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
+    with pytest.raises(ValueError, match="steps_per_execution=2; compile with"):
+        tiny.fit_steps(model, x, y, 16, 2)

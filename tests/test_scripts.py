@@ -365,3 +365,16 @@ def test_compare_writes_a_table(tmp_path):
     assert [row["method"] for row in comparison["rows"]] == ["sgd", "sam"]
     assert open(os.path.join(compare_dir, "comparison.md")).read().count("\n| s") == 2
     assert len([n for n in os.listdir(compare_dir) if n.startswith("digits-")]) == 2
+
+
+def test_skipped_pass_benchmark_runs_and_writes_its_table(tmp_path):
+    result = run_script(
+        os.path.join(REPO, "scripts", "benchmark_skipped_pass.py"), "--model=mlp", "--input_shape=64", "--batch_size=16",
+        "--rounds=1", "--steps_per_round=1", "--warmup=1", f"--output_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = json.loads((tmp_path / "skipped_pass.json").read_text())
+    assert set(written["ratio_to_sgd"]) == {
+        "sgd", "sam", "interval_sam_off_step", "interval_sam_on_step"
+    }
+    assert (tmp_path / "RESULTS.md").exists()

@@ -251,3 +251,19 @@ def value_and_gradient(fn, values):
         tape.watch(values)
         value = fn(values)
     return value, densify(tape.gradient(value, values, unconnected_gradients=_ZERO))
+
+
+def value_aux_and_gradient(fn, sources, watch=False):
+    """Runs `fn()` on a tape and differentiates its first output.
+
+    `fn` returns `(value, aux)`: `value` is the scalar to differentiate,
+    `aux` anything else the caller needs back. `sources` are variables (or
+    tensors, with `watch=True`). Returns `(value, aux, grads)`, dense, with
+    zeros for unconnected sources. The train step's passes use it.
+    """
+    with tf.GradientTape() as tape:
+        if watch:
+            tape.watch(sources)
+        value, aux = fn()
+    grads = tape.gradient(value, sources, unconnected_gradients=_ZERO)
+    return value, aux, densify(grads)

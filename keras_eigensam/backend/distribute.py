@@ -40,6 +40,14 @@ def all_replicas_true(flag):
     return tf.equal(all_reduce_sum(bad), 0.0)
 
 
+def uses_merge_call():
+    """Whether the current strategy synchronises replicas with `merge_call`
+    (MirroredStrategy on CPUs and with some GPU set-ups)."""
+    return tf.distribute.has_strategy() and not (
+        tf.__internal__.distribute.strategy_supports_no_merge_call()
+    )
+
+
 def replica_cond(pred, fn, args=(), default=None):
     """`fn(*args)` on every replica iff `pred`, else `default`, in replica context.
 
@@ -58,10 +66,7 @@ def replica_cond(pred, fn, args=(), default=None):
     (computed from all-reduced values), as an eigenvector estimate is.
     """
 
-    if (
-        not tf.distribute.has_strategy()
-        or tf.__internal__.distribute.strategy_supports_no_merge_call()
-    ):
+    if not uses_merge_call():
         if default is None:
             tf.cond(pred, lambda: _no_output(fn(*args)), lambda: None)
             return None
