@@ -33,24 +33,27 @@ NORMALIZATION_LAYERS = tuple(
 class SharpnessAwareModel(keras.Model):
     """A Keras model trained with a sharpness-aware method inside `fit`.
 
-    Each training step takes two forward-backward passes over the same batch:
+    Each training step is one first pass, then whatever the method decides
+    (SAM and most methods: one second pass on the same batch):
 
     ```
-    g   = ∇L_B(w)                       # First pass (updates BN statistics)
-    e   = method.perturbation(g, w, …)  # Perturb (SAM: ρ·g/‖g‖)
-    g_e = ∇L_B(w + e)                   # Second pass: no variable is written,
-                                        #   dropout reuses the first pass's masks
-    w   ← optimizer(w, method.descent_gradient(g_e))   # Apply
+    g   = ∇L_B(w)                        # First pass (updates BN statistics)
+    v   = tracker.refresh(ctx)           # if the method tracks the eigenvector
+    d   = method.descent(ctx)            # SAM: ctx.gradient_at(ρ·g/‖g‖),
+                                         #   a second pass that writes no
+                                         #   variable and replays dropout masks
+    w   ← optimizer(w, d) if finite      # Apply, with the method's staged state
     ```
 
-    The second pass runs on perturbed *values* in a `keras.StatelessScope`, so
+    Second passes run on perturbed *values* in a `keras.StatelessScope`, so
     the weights themselves are never moved away and back: a non-finite
     perturbation cannot corrupt them, BatchNormalization moving statistics
     are updated once per step (by the first pass), and dropout and other
-    random layers replay the first pass's random state. A step whose descent
-    gradient is not finite on any replica is skipped (no weight, slot or
-    iteration changes); with a `LossScaleOptimizer` the loss scale is lowered
-    as usual.
+    random layers replay the first pass's random state. A step whose
+    first-pass loss or descent gradient (or loss at the perturbed point) is
+    not finite on any replica is skipped: no weight, slot, iteration,
+    statistic or method state changes, for every optimizer; with a
+    `LossScaleOptimizer` the loss scale is lowered as usual.
 
     Use it in either of two ways:
 
