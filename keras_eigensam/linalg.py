@@ -8,6 +8,7 @@ they can be used inside `tf.function`, under `jit_compile=True` and inside a
 replica context.
 """
 
+from keras import backend
 from keras import ops
 
 #: Added to norms before dividing, as in the SAM reference code.
@@ -31,12 +32,17 @@ def global_norm(xs):
     A vector with a NaN or inf entry has a non-finite norm. The scaling costs
     one more elementwise pass, negligible next to a forward-backward pass.
     """
+    dtype = backend.standardize_dtype(xs[0].dtype)
+    # Accumulate in float32 at least: a float16 sum of squares overflows past
+    # ~65k entries.
+    compute = "float64" if dtype == "float64" else "float32"
+    xs = [ops.cast(x, compute) for x in xs]
     largest = ops.max(ops.stack([ops.max(ops.abs(x)) for x in xs]))
     usable = ops.logical_and(largest > 0, ops.isfinite(largest))
     safe = ops.where(usable, largest, ops.ones_like(largest))
-    inverse = 1.0 / safe
-    scaled = [ops.multiply(x, ops.cast(inverse, x.dtype)) for x in xs]
-    return safe * ops.sqrt(inner(scaled, scaled))
+    # Divide: 1/m overflows for a subnormal m.
+    scaled = [ops.divide(x, safe) for x in xs]
+    return ops.cast(safe * ops.sqrt(inner(scaled, scaled)), dtype)
 
 
 def scale(xs, alpha):

@@ -312,6 +312,7 @@ class SharpnessAwareModel(keras.Model):
 
         context = StepContext(
             step=self.optimizer.iterations,
+            first_micro_batch=_first_micro_batch(self.optimizer),
             loss=true_loss,
             variables=variables,
             weights=weights,
@@ -351,9 +352,14 @@ class SharpnessAwareModel(keras.Model):
             ops.where(finite, true_loss, 0.0),
             sample_weight=ops.where(finite, batch_size, 0),
         )
+        # A skipped step logs nothing (its metrics may be NaN, and a refresh
+        # it computed was not committed).
         metrics = self.method.step_metrics(context)
         for tracker in self.method_metrics:
-            tracker.update_state(metrics[tracker.name])
+            tracker.update_state(
+                ops.where(finite, metrics[tracker.name], 0.0),
+                sample_weight=ops.where(finite, 1.0, 0.0),
+            )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _hessian_runner(self, x, y, sample_weight):
@@ -433,3 +439,13 @@ def _scaled(xs, factor):
 
 def _inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def _first_micro_batch(optimizer):
+    """Whether this batch opens an optimizer step (always, without
+    gradient accumulation; the first of its micro-batches, with it)."""
+    inner = _inner_optimizer(optimizer)
+    steps = getattr(inner, "gradient_accumulation_steps", None)
+    if not steps:
+        return True
+    return ops.equal(ops.mod(inner._iterations, steps), 0)

@@ -304,3 +304,31 @@ def test_tracker_object_and_arguments_are_exclusive():
         ks.EigenSAM(tracker=ks.EigenvectorTracker(), refresh_every=3)
     with pytest.raises(TypeError, match="tracker"):
         ks.SAM(tracker="yes")
+
+
+def test_a_hook_of_release_0_1_is_refused_not_ignored():
+    with pytest.raises(TypeError, match=r"\['descent_gradient'\].*`descent\(context\)`"):
+
+        class Old(ks.SharpnessMethod):  # noqa: F841
+            def descent_gradient(self, context, perturbed_grads):
+                return perturbed_grads
+
+
+def test_skipped_step_logs_no_metric():
+    x, y = tiny.data(n=16)
+    x[3, 0] = np.nan  # the first of two batches
+    model = _model(ks.SAM(track_eigen=True, refresh_every=1, seed=0))
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for name in ks.methods.eigenvector_tracker.METRIC_NAMES:
+        assert np.isfinite(history.history[name][0]), name
+
+
+def test_refresh_once_per_optimizer_step_under_gradient_accumulation():
+    x, y = tiny.data(n=32)
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.EigenSAM(refresh_every=2, seed=0))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=4), loss="mse"
+    )
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # 8 micro-batches, 2 steps
+    assert int(model.optimizer.iterations) == 2
+    assert int(model.method.tracker.num_refreshes) == 1  # at step 0 only

@@ -30,6 +30,14 @@ from keras_eigensam import validation
 from keras_eigensam.methods import eigenvector_tracker
 from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
 
+#: Hooks of keras-eigensam 0.1, replaced by `perturbation`/`descent`.
+_REMOVED_HOOKS = (
+    "descent_gradient",
+    "update_state",
+    "modifies_descent_gradient",
+    "eigen_alignment",
+)
+
 
 class SharpnessMethod(keras.layers.Layer):
     """Base class of the sharpness-aware methods.
@@ -64,6 +72,17 @@ class SharpnessMethod(keras.layers.Layer):
     #: gradients averaged): false for rules that are not linear in the
     #: descent gradient, which would be applied per micro-batch.
     supports_gradient_accumulation = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        removed = sorted(set(vars(cls)) & set(_REMOVED_HOOKS))
+        if removed:
+            raise TypeError(
+                f"{cls.__name__} defines {removed}, hooks of keras-eigensam 0.1 "
+                "that no longer exist, so they would be ignored. Override "
+                "`perturbation(context)` or `descent(context)` instead, and "
+                "write state with `context.assign` (see `SharpnessMethod`)."
+            )
 
     def __init__(self, rho=0.05, tracker=None, **kwargs):
         tracker_kwargs = {
@@ -158,7 +177,8 @@ class SharpnessMethod(keras.layers.Layer):
         # Files saved by keras-eigensam 0.1 hold the state variables that
         # existed then, a prefix of today's (new ones are appended).
         variables = self._trainable_variables + self._non_trainable_variables
-        if 0 < len(store.keys()) < len(variables):
+        if self.tracker is not None and len(store.keys()) == len(variables) - 1:
+            # 0.1 had no `num_failed_refreshes`, the last variable.
             for i in range(len(store.keys())):
                 variables[i].assign(store[str(i)])
             return
@@ -179,7 +199,7 @@ def _make_tracker(tracker, tracker_kwargs, required, default_refresh_every):
             raise ValueError(
                 "Pass either `tracker=EigenvectorTracker(...)` or the tracker's "
                 f"arguments, not both. Received: tracker={tracker!r} and "
-                f"{sorted(tracker_kwargs)}"
+                + ", ".join(f"{k}={v!r}" for k, v in sorted(tracker_kwargs.items()))
             )
         return tracker
     if tracker is not None and not isinstance(tracker, bool):
@@ -187,16 +207,17 @@ def _make_tracker(tracker, tracker_kwargs, required, default_refresh_every):
             "`tracker` must be an `EigenvectorTracker`, True or None. "
             f"Received: tracker={tracker!r} (of type {type(tracker).__name__})"
         )
-    if tracker is False and (required or tracker_kwargs):
+    received = ", ".join(f"{k}={v!r}" for k, v in sorted(tracker_kwargs.items()))
+    if tracker is False and required:
         raise ValueError(
-            "`tracker=False` with a method that needs the eigenvector or "
-            f"with tracker arguments {sorted(tracker_kwargs)}."
+            "This method needs the top eigenvector, so it cannot run without a "
+            "tracker. Received: tracker=False"
         )
     if tracker_kwargs and not (tracker or required):
         raise ValueError(
             "Tracker arguments were given to a method that does not track the "
             "eigenvector: pass `tracker=True` (or `track_eigen=True` to SAM) "
-            f"as well. Received: {sorted(tracker_kwargs)}"
+            f"as well. Received: tracker={tracker!r}, {received}"
         )
     if tracker or required:
         tracker_kwargs.setdefault("refresh_every", default_refresh_every)

@@ -22,6 +22,10 @@ class StepContext:
             optimizer steps, not micro-batches). Schedules key on it, so
             they survive `steps_per_execution > 1`, restarts and
             `BackupAndRestore`.
+        first_micro_batch: Whether this batch is the first of its optimizer
+            step (`True`, or a boolean tensor under gradient accumulation,
+            where `step` repeats for each micro-batch): once-per-step work
+            such as an eigenvector refresh keys on it.
         loss: The first-pass mean loss of this replica's batch, at true scale
             (a float32 scalar tensor).
         variables: The model's trainable variables.
@@ -43,6 +47,7 @@ class StepContext:
         *,
         step,
         loss,
+        first_micro_batch=True,
         variables,
         weights,
         grads,
@@ -55,6 +60,7 @@ class StepContext:
         cond,
     ):
         self.step = step
+        self.first_micro_batch = first_micro_batch
         self.loss = loss
         self.variables = variables
         self.weights = weights

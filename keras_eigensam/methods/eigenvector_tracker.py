@@ -72,9 +72,11 @@ class EigenvectorTracker:
         num_matvecs: Hessian-vector products per refresh (Lanczos steps or
             power iterations). Defaults to `5`.
         power_iterations: Former name of `num_matvecs`, accepted for
-            configurations saved by keras-eigensam 0.1. Defaults to `None`.
+            configurations saved by keras-eigensam 0.1; with it `which`
+            defaults to `"magnitude"`, 0.1's algorithm. Defaults to `None`.
         which: `"largest"` (λ_max) or `"magnitude"` (largest |λ|, the
-            reference codes' power iteration). Defaults to `"largest"`.
+            reference codes' power iteration). Defaults to `None`:
+            `"largest"` (`"magnitude"` with `power_iterations`).
         hessian_training: If `False`, the Hessian is that of the model in
             inference mode (BatchNormalization on moving statistics, dropout
             off), as in the Eigen-SAM reference code; if `True`, in training
@@ -106,7 +108,7 @@ class EigenvectorTracker:
         refresh_every=100,
         num_matvecs=5,
         power_iterations=None,
-        which="largest",
+        which=None,
         hessian_training=False,
         hvp_mode=DEFAULT_HVP_MODE,
         seed=None,
@@ -115,11 +117,22 @@ class EigenvectorTracker:
             "refresh_every", refresh_every, minimum=1
         )
         if power_iterations is not None:
+            # keras-eigensam 0.1's name and algorithm: configurations saved
+            # by it resume with power iteration.
+            if num_matvecs != 5:
+                raise ValueError(
+                    "Pass `num_matvecs` or its former name `power_iterations`, "
+                    f"not both. Received: num_matvecs={num_matvecs}, "
+                    f"power_iterations={power_iterations}"
+                )
             num_matvecs = validation.check_int(
                 "power_iterations", power_iterations, minimum=1
             )
+            which = "magnitude" if which is None else which
         self.num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
-        self.which = validation.check_choice("which", which, WHICH)
+        self.which = validation.check_choice(
+            "which", "largest" if which is None else which, WHICH
+        )
         self.hessian_training = validation.check_bool(
             "hessian_training", hessian_training
         )
@@ -185,8 +198,9 @@ class EigenvectorTracker:
         that this step uses (refreshed or not), also kept as
         `context.memo("eigenvector")`.
         """
-        due = ops.equal(
-            ops.mod(ops.cast(context.step, "int64"), self.refresh_every), 0
+        due = ops.logical_and(
+            ops.equal(ops.mod(ops.cast(context.step, "int64"), self.refresh_every), 0),
+            context.first_micro_batch,
         )
         current = self.values()
         previous = self.eigenvalue.value
