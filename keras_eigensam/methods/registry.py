@@ -139,10 +139,11 @@ def tracker_defaults(name):
     (Eigen-SAM 100, X-SAM 5). Every method takes these arguments (with
     `tracker=True` where the method does not need the eigenvector).
     """
-    values = _signature_defaults(EigenvectorTracker)
-    values.pop("power_iterations")  # the former name of `num_matvecs`
-    values["refresh_every"] = get(name).cls.default_refresh_every
-    return values
+    # The effective defaults (a default tracker's configuration), in the
+    # order of the tracker's signature.
+    return EigenvectorTracker(
+        refresh_every=get(name).cls.default_refresh_every
+    ).get_config()
 
 
 def defaults(name):

@@ -48,12 +48,10 @@ def test_defaults_are_the_constructor_signature(name):
         for key, p in signature.items()
         if key != "self" and p.kind is not p.VAR_KEYWORD
     }
-    if cls.requires_tracker:  # and the tracker's, with the method's period
-        tracker = inspect.signature(ks.EigenvectorTracker.__init__).parameters
-        expected.update(
-            {k: p.default for k, p in tracker.items() if k not in ("self", "power_iterations")}
-        )
-        expected["refresh_every"] = cls.default_refresh_every
+    if cls.requires_tracker:  # and what its default tracker is built with
+        expected.update(cls().tracker.get_config())
+        assert expected["refresh_every"] == cls.default_refresh_every
+        assert expected["which"] == "largest"
     assert registry.defaults(name) == expected
     # And the instance `create` makes with no arguments has them.
     method = registry.create(name)
