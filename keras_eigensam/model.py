@@ -174,6 +174,26 @@ class SharpnessAwareModel(keras.Model):
         if getattr(self, "method", None) is not None and self._weights_exist():
             self._build_method_state()
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds before tracing only under a strategy. Without one,
+        # `train_step` would create the optimizer's slots and the method's
+        # state while `tf.function` traces it, which makes TensorFlow trace
+        # the train function twice: build first instead, as under a
+        # strategy.
+        if (
+            self._distribute_strategy is None
+            and self.optimizer is not None
+            and not (self._weights_exist() and self.optimizer.built)
+        ):
+            if iterator is not None:
+                for _, _, it in iterator:
+                    data_batch = next(it)
+                    break
+            if data_batch is not None:
+                self._symbolic_build(data_batch=data_batch)
+                return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def build_from_config(self, config):
         super().build_from_config(config)
         if self._weights_exist():

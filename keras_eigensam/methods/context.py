@@ -255,7 +255,7 @@ class StepContext:
         view = copy.copy(self)
         view._memo = {}
         view._selected = selected
-        view.grads = _masked(self.grads, selected)
+        view.grads = None if self.grads is None else _masked(self.grads, selected)
         return view
 
     def _restrict(self, values):

@@ -1,0 +1,338 @@
+"""The contract every registered method keeps, one battery over the registry.
+
+A method joins this battery by being registered (`methods/registry.py`);
+`BATTERY_ARGUMENTS` only makes schedules short enough to be exercised in a
+few steps. The numbers of each rule are checked against NumPy oracles
+elsewhere (tests/methods/test_family_oracles.py, tests/test_model.py,
+tests/test_eigen_sam.py); here every method must: train under the default
+strategy and MirroredStrategy (both perturbation scopes), give the same
+steps with XLA and with `steps_per_execution > 1`, train under
+`mixed_float16`, skip a non-finite batch without changing anything, save
+and load and resume with its state, round-trip its configuration, be traced
+once per fit, compose with the eigenvector tracker and with SAM-ON.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_eigensam as ks
+from keras_eigensam.methods import eigenvector_tracker
+from keras_eigensam.methods import registry
+from keras_eigensam.methods.context import StepContext
+from tests import tiny
+
+NAMES = registry.names()
+
+#: Shorter schedules so that a few steps exercise every branch.
+BATTERY_ARGUMENTS = {
+    "sam": {"rho": 0.1},
+    "eigensam": {"refresh_every": 2, "seed": 0},
+    "xsam": {"refresh_every": 2, "seed": 0},
+    "looksam": {"k": 2},
+    "esam": {"seed": 0},
+}
+
+#: Methods whose step under `perturbation_scope="global"` on two replicas
+#: is not the single-device step, and why.
+NOT_REPLICA_INVARIANT = {
+    # Each replica normalises its own perturbed gradient (as big_vision's
+    # per-worker decomposition does) before the average.
+    "gsam": "per-replica decomposition",
+    # Each replica selects the sharpest examples of its own shard.
+    "esam": "per-replica data selection",
+}
+
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def _method(method_name, **kwargs):
+    arguments = {**BATTERY_ARGUMENTS.get(method_name, {}), **kwargs}
+    return registry.get(method_name).cls(**arguments)
+
+
+def _model(name, net=None, optimizer=None, **compile_kwargs):
+    model = ks.SharpnessAwareModel(net or tiny.bn_dropout_net(), method=_method(name))
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
+        loss="mse",
+        **compile_kwargs,
+    )
+    return model
+
+
+def _state(model):
+    return [np.array(v) for v in model.method.variables]
+
+
+def _everything(model):
+    """Weights, BN statistics, optimizer slots and iterations, method state."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    return [np.array(v) for v in model.weights + optimizer.variables] + _state(model)
+
+
+def _assert_all_close(actual, expected, rtol=RTOL, atol=ATOL):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
+
+
+def test_battery_arguments_name_registered_methods():
+    assert set(BATTERY_ARGUMENTS) <= set(NAMES)
+    assert set(NOT_REPLICA_INVARIANT) <= set(NAMES)
+
+
+# ------------------------------------------------------------ default fit
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_is_traced_once_and_trains(name):
+    traces = []
+
+    class Counting(ks.SharpnessAwareModel):
+        def train_step(self, data):
+            traces.append(1)
+            return super().train_step(data)
+
+    x, y = tiny.data(n=32)
+    model = Counting(tiny.bn_dropout_net(), method=_method(name))
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    before = tiny.weights_of(model)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert len(traces) == 1
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert tiny.max_difference(tiny.weights_of(model), before) > 1e-4
+    assert all(np.isfinite(s).all() for s in _state(model))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tracker_composes_and_logs(name):
+    x, y = tiny.data(n=32)
+    method = _method(name, tracker=True, refresh_every=2, seed=0)
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=method)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for metric in eigenvector_tracker.METRIC_NAMES:
+        assert np.isfinite(history.history[metric]).all(), metric
+    assert history.history["top_eigenvalue"][-1] != 0.0
+    assert int(method.tracker.num_refreshes) == 2  # steps 0 and 2
+
+
+# ------------------------------------------------------------ distribution
+
+
+@pytest.mark.parametrize("scope", ["replica", "global"])
+@pytest.mark.parametrize("name", NAMES)
+def test_mirrored_strategy(name, scope, mirrored_strategy):
+    x, y = tiny.data(n=32)
+    with mirrored_strategy.scope():
+        model = ks.SharpnessAwareModel(
+            tiny.mlp(), method=_method(name), perturbation_scope=scope
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    history = tiny.fit_steps(model, x, y, 16, 2)
+    assert np.isfinite(history.history["loss"]).all()
+    # Every replica holds the same weights and method state.
+    for variable in model.trainable_variables + model.method.variables:
+        copies = [np.array(c) for c in variable.value.values]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+        assert np.isfinite(copies[0]).all()
+    if scope == "global" and name not in NOT_REPLICA_INVARIANT:
+        single = ks.SharpnessAwareModel(tiny.mlp(), method=_method(name))
+        single.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        tiny.fit_steps(single, x, y, 16, 2)
+        _assert_all_close(tiny.weights_of(model), tiny.weights_of(single))
+
+
+# ------------------------------------------------------------ compilation
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_xla_and_steps_per_execution_take_the_same_steps(name):
+    x, y = tiny.data(n=48)
+    results = []
+    for options in ({}, {"jit_compile": True}, {"steps_per_execution": 3}):
+        keras.utils.clear_session()
+        model = _model(name, **options)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        assert int(model.optimizer.iterations) == 6
+        results.append(tiny.weights_of(model) + _state(model))
+    _assert_all_close(results[1], results[0])
+    _assert_all_close(results[2], results[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_float16_trains(name):
+    keras.config.set_dtype_policy("mixed_float16")
+    x, y = tiny.data(n=32)
+    model = _model(name)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    for variable in model.trainable_variables + model.method.variables:
+        assert variable.dtype in ("float32", "int64", "int32"), variable.path
+        assert np.isfinite(np.array(variable)).all(), variable.path
+
+
+# ------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_batch_changes_nothing(name):
+    x, y = tiny.data(n=8)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    model = _model(name)
+    for _ in range(3):  # state and slots exist and hold values
+        model.train_on_batch(x, y)
+    before = _everything(model)
+    iterations = int(model.optimizer.iterations)
+    model.train_on_batch(bad, y)
+    after = _everything(model)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations) == iterations
+    model.train_on_batch(x, y)
+    assert all(np.isfinite(v).all() for v in _everything(model))
+
+
+# ------------------------------------------------------------ saving
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_file_round_trip_keeps_state(name, tmp_path):
+    x, y = tiny.data(n=24)
+    model = _model(name)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.method) is type(model.method)
+    assert loaded.method.get_config() == model.method.get_config()
+    _assert_all_close(_state(loaded), _state(model), rtol=0, atol=0)
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    _assert_all_close(
+        tiny.weights_of(loaded) + _state(loaded), tiny.weights_of(model) + _state(model)
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backup_and_restore_resumes_with_method_state(name, tmp_path):
+    x, y = tiny.data(n=24)
+
+    class InterruptAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    def new_model():
+        keras.utils.clear_session()
+        return _model(name, net=tiny.mlp())
+
+    fit = dict(batch_size=8, epochs=3, verbose=0, shuffle=False)
+    reference = new_model()
+    reference.fit(x, y, **fit)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        new_model().fit(x, y, callbacks=[backup, InterruptAt()], **fit)
+    resumed = new_model()
+    history = resumed.fit(x, y, callbacks=[backup], **fit)
+    assert len(history.history["loss"]) == 1
+    assert int(resumed.optimizer.iterations) == 9
+    _assert_all_close(
+        tiny.weights_of(resumed) + _state(resumed),
+        tiny.weights_of(reference) + _state(reference),
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_get_config_round_trip(name):
+    options = {"perturbed_variables": "normalization", "name": f"{name}_custom"}
+    if registry.get(name).cls.supports_interval:
+        options["interval"] = 3
+    method = _method(name, **options)
+    model = ks.SharpnessAwareModel(tiny.bn_dropout_net(), method=method)
+    config = model.get_config()
+    clone = ks.SharpnessAwareModel.from_config(config)
+    assert clone.get_config() == config
+    assert type(clone.method) is type(method)
+    assert clone.method.get_config() == method.get_config()
+    assert clone.method.perturbed_variables == "normalization"
+    assert clone.method.interval == options.get("interval", 1)
+
+
+# ------------------------------------------------------------ SAM-ON
+
+
+def _eager_context(model, grads, optimizer):
+    variables = model.trainable_variables
+    return StepContext(
+        step=tf.constant(0, "int64"),
+        loss=tf.constant(1.0),
+        variables=variables,
+        weights=[v.value for v in variables],
+        grads=[tf.constant(g, "float32") for g in grads],
+        is_normalization=model._normalization_flags(variables),
+        optimizer=optimizer,
+        num_replicas=1,
+        gradient_at=None,
+        with_hessian=None,
+        all_reduce_mean=None,
+        cond=None,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sam_on_perturbs_only_normalization_layers(name):
+    model = ks.SharpnessAwareModel(
+        tiny.bn_dropout_net(), method=_method(name, perturbed_variables="normalization")
+    )
+    everything = ks.SharpnessAwareModel(tiny.bn_dropout_net(), method=_method(name))
+    variables = model.trainable_variables
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=v.shape) for v in variables]
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    for slot in optimizer.momentums:  # momentum-SAM reads it
+        slot.assign(rng.normal(size=slot.shape))
+    flags = model._normalization_flags(variables)
+    assert any(flags) and not all(flags)
+    perturbation = model.method.step_perturbation(
+        _eager_context(model, grads, optimizer)
+    )
+    for e, is_norm, v in zip(perturbation, flags, variables):
+        if is_norm:
+            assert np.abs(np.array(e)).max() > 0, v.path
+        else:
+            np.testing.assert_array_equal(np.array(e), 0.0, err_msg=v.path)
+    # The rule on the selected variables alone: the unrestricted rule applied
+    # to a gradient (and momentum) that is zero elsewhere, then cut to them.
+    masked = [g if f else np.zeros_like(g) for g, f in zip(grads, flags)]
+    optimizer_all = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer_all.build(everything.trainable_variables)
+    for slot, source, f in zip(optimizer_all.momentums, optimizer.momentums, flags):
+        slot.assign(np.array(source) if f else np.zeros(slot.shape))
+    reference = everything.method.step_perturbation(
+        _eager_context(everything, masked, optimizer_all)
+    )
+    _assert_all_close(
+        [np.array(e) for e in perturbation],
+        [np.array(e) if f else np.zeros(e.shape) for e, f in zip(reference, flags)],
+        rtol=1e-6, atol=1e-7,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sam_on_without_normalization_layers_is_refused(name):
+    model = ks.SharpnessAwareModel(
+        tiny.mlp(), method=_method(name, perturbed_variables="normalization")
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    x, y = tiny.data(n=8)
+    with pytest.raises(ValueError, match="perturbed_variables"):
+        model.train_on_batch(x, y)
