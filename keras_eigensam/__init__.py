@@ -1,4 +1,5 @@
-"""keras-eigensam: SAM, ASAM, Eigen-SAM and X-SAM for Keras 3 on TensorFlow."""
+"""keras-eigensam: the SAM family (SAM, ASAM, Eigen-SAM, X-SAM, GSAM, WSAM,
+FriendlySAM, LookSAM, ESAM, Momentum-SAM) for Keras 3 on TensorFlow."""
 
 import importlib.util as _importlib_util
 
@@ -21,9 +22,15 @@ from keras_eigensam import callbacks
 from keras_eigensam import hessian
 from keras_eigensam import linalg
 from keras_eigensam.methods import ASAM
+from keras_eigensam.methods import ESAM
+from keras_eigensam.methods import GSAM
 from keras_eigensam.methods import SAM
+from keras_eigensam.methods import WSAM
 from keras_eigensam.methods import EigenSAM
 from keras_eigensam.methods import EigenvectorTracker
+from keras_eigensam.methods import FriendlySAM
+from keras_eigensam.methods import LookSAM
+from keras_eigensam.methods import MomentumSAM
 from keras_eigensam.methods import XSAM
 from keras_eigensam.methods import SharpnessMethod
 from keras_eigensam.methods import StepContext
@@ -36,12 +43,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ASAM",
+    "ESAM",
     "EigenSAM",
     "EigenvectorTracker",
+    "FriendlySAM",
+    "GSAM",
+    "LookSAM",
+    "MomentumSAM",
     "SAM",
     "SharpnessAwareModel",
     "SharpnessMethod",
     "StepContext",
+    "WSAM",
     "XSAM",
     "callbacks",
     "experiments",

@@ -11,6 +11,7 @@ from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
+from keras_eigensam.methods.context import inner_optimizer
 from keras_eigensam.methods.sam import SAM
 
 PERTURBATION_SCOPES = ("replica", "global")
@@ -220,7 +221,7 @@ class SharpnessAwareModel(keras.Model):
                 "with `steps_per_execution=1`."
             )
         accumulation = getattr(
-            _inner_optimizer(self.optimizer), "gradient_accumulation_steps", None
+            inner_optimizer(self.optimizer), "gradient_accumulation_steps", None
         )
         if (
             accumulation
@@ -253,33 +254,7 @@ class SharpnessAwareModel(keras.Model):
         loss_scale = self.optimizer.scale_loss(1.0)
         to_true_scale = num_replicas / loss_scale
 
-        # First pass. Its state writes (BatchNormalization statistics, RNG
-        # states) are held back and applied only if the step is finite.
-        # Mapping each variable to its own value keeps it differentiable and
-        # lets weight regularisers read it inside the scope.
-        def first_pass():
-            own_values = [(v, v.value) for v in variables]
-            with keras.StatelessScope(
-                state_mapping=own_values, collect_losses=True
-            ) as scope:
-                y_pred = self._forward(x, training=True)
-                loss = self._loss(x, y, y_pred, sample_weight)
-            return self.optimizer.scale_loss(loss), (loss, y_pred, scope)
-
-        _, (loss, y_pred, first_scope), raw_grads = autodiff.value_aux_and_gradient(
-            first_pass, variables
-        )
-        state_updates = [
-            (v, first_scope.get_current_value(v))
-            for v in state_variables
-            if first_scope.get_current_value(v) is not None
-        ]
         weights = [v.value for v in variables]
-        if self.perturbation_scope == "global":
-            grads = _scaled(distribute.all_reduce_sum(raw_grads), 1.0 / loss_scale)
-        else:
-            grads = _scaled(raw_grads, to_true_scale)
-        true_loss = ops.cast(loss, "float32") * num_replicas
 
         def gradient_at(perturbation, examples):
             xs, ys, weights_ = x, y, sample_weight
@@ -310,13 +285,26 @@ class SharpnessAwareModel(keras.Model):
             )
             return _scaled(raw, to_true_scale * poison)
 
+        first_pred = []
+
+        def example_losses(perturbation):
+            if perturbation is None:
+                y_pred_ = first_pred[0]
+            else:
+                with keras.StatelessScope(
+                    state_mapping=list(zip(variables, linalg.add(weights, perturbation))),
+                    collect_losses=True,
+                ):
+                    y_pred_ = self._forward(x, training=True)
+            return self._example_losses(x, y, y_pred_, sample_weight)
+
         context = StepContext(
             step=self.optimizer.iterations,
             first_micro_batch=_first_micro_batch(self.optimizer),
-            loss=true_loss,
+            loss=None,
             variables=variables,
             weights=weights,
-            grads=grads,
+            grads=None,
             is_normalization=self._normalization_flags(variables),
             optimizer=self.optimizer,
             num_replicas=num_replicas,
@@ -324,7 +312,42 @@ class SharpnessAwareModel(keras.Model):
             with_hessian=self._hessian_runner(x, y, sample_weight),
             all_reduce_mean=distribute.all_reduce_mean,
             cond=ops.cond,
+            example_losses=example_losses,
         )
+        first_perturbation = self.method.first_pass_perturbation(context)
+        context.first_pass_perturbation = first_perturbation
+
+        # First pass. Its state writes (BatchNormalization statistics, RNG
+        # states) are held back and applied only if the step is finite.
+        # Mapping each variable to its own value keeps it differentiable and
+        # lets weight regularisers read it inside the scope.
+        def first_pass():
+            values = [v.value for v in variables]
+            if first_perturbation is not None:
+                values = linalg.add(values, first_perturbation)
+            with keras.StatelessScope(
+                state_mapping=list(zip(variables, values)), collect_losses=True
+            ) as scope:
+                y_pred = self._forward(x, training=True)
+                loss = self._loss(x, y, y_pred, sample_weight)
+            return self.optimizer.scale_loss(loss), (loss, y_pred, scope)
+
+        _, (loss, y_pred, first_scope), raw_grads = autodiff.value_aux_and_gradient(
+            first_pass, variables
+        )
+        first_pred.append(y_pred)
+        state_updates = [
+            (v, first_scope.get_current_value(v))
+            for v in state_variables
+            if first_scope.get_current_value(v) is not None
+        ]
+        if self.perturbation_scope == "global":
+            grads = _scaled(distribute.all_reduce_sum(raw_grads), 1.0 / loss_scale)
+        else:
+            grads = _scaled(raw_grads, to_true_scale)
+        true_loss = ops.cast(loss, "float32") * num_replicas
+        context.grads = grads
+        context.loss = true_loss
         if self.method.tracker is not None:
             self.method.tracker.refresh(context)
         descent = _scaled(self.method.descent(context), 1.0 / to_true_scale)
@@ -342,6 +365,8 @@ class SharpnessAwareModel(keras.Model):
             self.optimizer.apply(descent, variables)
         else:
             distribute.apply_gradients_if(self.optimizer, descent, variables, finite)
+        if context.decoupled is not None:
+            distribute.assign_sub_if(variables, context.decoupled, finite)
         for variable, value in state_updates + context.staged:
             variable.assign(ops.where(finite, value, variable.value))
 
@@ -361,6 +386,28 @@ class SharpnessAwareModel(keras.Model):
                 sample_weight=ops.where(finite, 1.0, 0.0),
             )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _example_losses(self, x, y, y_pred, sample_weight):
+        """Per-example losses of the compiled loss at predictions `y_pred`.
+
+        The mean loss is `Σ_i s_i ℓ_i / N` (`sum_over_batch_size`) for
+        sample weights `s`, so `ℓ_i = N ∂L/∂s_i`: one cheap backward through
+        the loss's reduction only, for any compiled loss and output
+        structure.
+        """
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        if sample_weight is None:
+            sample_weight = ops.ones((batch_size,), "float32")
+
+        def weighted_loss(values):
+            with keras.StatelessScope(collect_losses=True):
+                loss_ = self._loss(x, y, y_pred, values[0])
+            return ops.cast(loss_, "float32")
+
+        _, (per_example,) = autodiff.value_and_gradient(
+            weighted_loss, [ops.cast(sample_weight, "float32")]
+        )
+        return ops.cast(batch_size, "float32") * ops.reshape(per_example, (-1,))
 
     def _hessian_runner(self, x, y, sample_weight):
         """`StepContext.with_hessian` for this step's batch (see there)."""
@@ -437,14 +484,10 @@ def _scaled(xs, factor):
     return linalg.scale(xs, factor)
 
 
-def _inner_optimizer(optimizer):
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
 def _first_micro_batch(optimizer):
     """Whether this batch opens an optimizer step (always, without
     gradient accumulation; the first of its micro-batches, with it)."""
-    inner = _inner_optimizer(optimizer)
+    inner = inner_optimizer(optimizer)
     steps = getattr(inner, "gradient_accumulation_steps", None)
     if not steps:
         return True

@@ -315,8 +315,9 @@ def test_parse_method_args():
         (
             ["--method=asam", "--method_args=eta=0.1,alpha=0.1"],
             "Method 'asam' (ASAM) takes no argument `alpha`; its arguments are "
-            "['eta', 'hessian_training', 'hvp_mode', 'num_matvecs', 'refresh_every', "
-            "'rho', 'seed', 'tracker', 'which']. Received: alpha=0.1",
+            "['eta', 'hessian_training', 'hvp_mode', 'interval', 'num_matvecs', "
+            "'perturbed_variables', 'refresh_every', 'rho', 'seed', 'tracker', "
+            "'which']. Received: alpha=0.1",
         ),
         (["--method=xsam", "--method_args=alpha=-1"], "`alpha` must be a float >= 0.0"),
         (

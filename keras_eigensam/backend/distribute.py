@@ -110,6 +110,37 @@ def apply_gradients_if(optimizer, grads, variables, should_apply):
     replica_cond(should_apply, optimizer.apply, (grads, variables))
 
 
+def assign_sub_if(variables, deltas, should_apply):
+    """`variable ← variable − delta` for each pair, only when `should_apply`.
+
+    For updates of trainable (mirrored) weights outside the optimizer, such
+    as a decoupled update applied after it. `deltas` and `should_apply`
+    must be identical on every replica (all-reduced); the update goes
+    through the strategy as an optimizer's does, so every copy of a
+    mirrored variable receives it.
+    """
+
+    def update(deltas):
+        def apply_all(distribution, deltas):
+            for variable, delta in zip(variables, deltas):
+                distribution.extended.update(
+                    getattr(variable, "value", variable),
+                    _assign_sub,
+                    args=(delta,),
+                    group=False,
+                )
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply_all, tf.distribute.get_strategy(), deltas
+        )
+
+    replica_cond(should_apply, update, (list(deltas),))
+
+
+def _assign_sub(variable, delta):
+    return variable.assign_sub(tf.cast(delta, variable.dtype))
+
+
 # ---------------------------------------------------------------------------
 # A workaround for Keras's use of `tf.distribute`.
 

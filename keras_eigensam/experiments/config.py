@@ -317,14 +317,18 @@ def method_arguments(config):
 
     The class's defaults, then `eigenvector_tracking_args` with
     `curvature=True`, then the run's `seed` for the tracker's initial
-    vector (where the method tracks one), then `config.method_args`.
+    vector (where the method tracks one) and any other random draw of the
+    method (ESAM's masks), then `config.method_args`.
     """
     if config.method == "sgd":
         return {}
     args = registry.defaults(config.method)
     if config.curvature:
         args.update(eigenvector_tracking_args(config.method))
-    if registry.tracks_eigenvector(config.method, {**args, **config.method_args}):
+    if "seed" in args or registry.tracks_eigenvector(
+        config.method, {**args, **config.method_args}
+    ):
+        # The tracker's initial vector, ESAM's masks.
         args["seed"] = config.seed
     args.update(config.method_args)
     return dict(sorted(args.items()))

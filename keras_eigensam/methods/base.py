@@ -11,10 +11,17 @@ d = method.descent(ctx)      e.g. ctx.gradient_at(e), ctx.cond   (method)
 #                            and the staged state writes with it
 ```
 
-The default `descent` is SAM's shape, `ctx.gradient_at(self.perturbation(ctx))`,
-so most methods define `perturbation` only. A method that decides its
-passes itself (LookSAM skips the second pass on most steps, ESAM takes it on
-part of the batch, momentum-SAM takes one pass) overrides `descent`.
+The default `descent` is SAM's shape, `self.perturbed_gradient(ctx)` (the
+gradient at `w + self.perturbation(ctx)`), so most methods define
+`perturbation` only. A method that decides its passes itself (LookSAM skips
+the second pass on most steps, ESAM takes it on part of the batch) overrides
+`descent`; one that knows its perturbation before any pass (momentum-SAM)
+overrides `first_pass_perturbation` and takes one pass.
+
+Two options apply to every method's perturbation, handled here:
+`perturbed_variables` (SAM-ON: perturb only normalisation layers, or any
+chosen variables) and `interval` (the second pass only every `interval`
+steps, the first-pass gradient standing in for it otherwise).
 
 A method is a Keras layer that is never called: being a layer is what makes
 its state (created in `build_state` with `add_state`) part of the model, so it
@@ -25,6 +32,7 @@ is finite.
 """
 
 import keras
+from keras import ops
 
 from keras_eigensam import validation
 from keras_eigensam.methods import eigenvector_tracker
@@ -59,6 +67,19 @@ class SharpnessMethod(keras.layers.Layer):
         rho: Radius of the perturbation. Defaults to `0.05`.
         tracker: An `EigenvectorTracker`, `True` for a default one, or
             `None`. Defaults to `None`.
+        perturbed_variables: Which trainable variables are perturbed:
+            `"all"`, `"normalization"` (the parameters of normalisation
+            layers only: SAM-ON, Mueller et al., NeurIPS 2023,
+            https://arxiv.org/abs/2306.04226), or a callable taking a
+            variable and returning a bool. The rule then computes its
+            perturbation from the gradient (and momentum) of the selected
+            variables only, zero elsewhere, so norms are over the selection;
+            the descent rule is unchanged. Defaults to `"all"`.
+        interval: Take the second pass only on steps with
+            `iterations % interval == 0`; on the others the first-pass
+            gradient stands in for the perturbed one, so the step is the
+            base optimizer's at one pass (MosaicML Composer's SAM
+            `interval`). Defaults to `1` (every step).
         **kwargs: The tracker's arguments (see `EigenvectorTracker`) and
             `keras.layers.Layer` arguments (e.g. `name`).
     """
@@ -72,6 +93,9 @@ class SharpnessMethod(keras.layers.Layer):
     #: gradients averaged): false for rules that are not linear in the
     #: descent gradient, which would be applied per micro-batch.
     supports_gradient_accumulation = True
+    #: Whether the `interval` option applies (methods with their own
+    #: schedule of passes, or a single pass, refuse it).
+    supports_interval = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -84,7 +108,9 @@ class SharpnessMethod(keras.layers.Layer):
                 "write state with `context.assign` (see `SharpnessMethod`)."
             )
 
-    def __init__(self, rho=0.05, tracker=None, **kwargs):
+    def __init__(
+        self, rho=0.05, tracker=None, perturbed_variables="all", interval=1, **kwargs
+    ):
         tracker_kwargs = {
             name: kwargs.pop(name)
             for name in eigenvector_tracker.ARGUMENTS
@@ -92,6 +118,13 @@ class SharpnessMethod(keras.layers.Layer):
         }
         super().__init__(**kwargs)
         self.rho = validation.check_number("rho", rho, minimum=0.0)
+        self.perturbed_variables = _check_perturbed_variables(perturbed_variables)
+        self.interval = validation.check_int("interval", interval, minimum=1)
+        if self.interval != 1 and not self.supports_interval:
+            raise ValueError(
+                f"{type(self).__name__} decides its own passes, so it takes no "
+                f"`interval`. Received: interval={interval!r}"
+            )
         self.tracker = _make_tracker(
             tracker, tracker_kwargs, self.requires_tracker, self.default_refresh_every
         )
@@ -156,17 +189,75 @@ class SharpnessMethod(keras.layers.Layer):
             "or `descent(context)`."
         )
 
+    def first_pass_perturbation(self, context):
+        """The perturbation to take the first pass at, or `None` (at `w`).
+
+        Called before the first pass (`context.grads` is `None`). Methods
+        whose perturbation needs no gradient of this step (momentum-SAM)
+        return it, and their `descent` returns `context.grads`: one pass.
+        """
+        return None
+
     def descent(self, context):
         """Returns the descent gradient handed to the optimizer (true scale).
 
         The default is SAM's: the gradient at `w + perturbation(context)`.
         """
-        return context.gradient_at(self.step_perturbation(context))
+        return self.perturbed_gradient(context)
+
+    def perturbed_gradient(self, context, examples=None):
+        """`g_s`, the gradient at `w + step_perturbation(context)`.
+
+        On steps the `interval` option skips, no pass is taken and the
+        first-pass gradient `context.grads` is returned instead. `examples`
+        is passed to `context.gradient_at` (a subset of the batch).
+        """
+        perturbation = self.step_perturbation(context)
+        if self.interval == 1:
+            return context.gradient_at(perturbation, examples)
+        return context.cond(
+            self.second_pass_due(context),
+            lambda: context.gradient_at(perturbation, examples),
+            lambda: list(context.grads),
+        )
+
+    def second_pass_due(self, context):
+        """Whether this step takes the second pass (`interval`): a boolean
+        scalar tensor, or `True`."""
+        if self.interval == 1:
+            return True
+        return ops.equal(ops.mod(context.step, self.interval), 0)
 
     def step_perturbation(self, context):
-        """`perturbation(context)`, computed once per step (memoised)."""
-        return context.memo("perturbation", lambda: self.perturbation(context))
+        """`perturbation(context)`, computed once per step (memoised), with
+        `perturbed_variables` applied."""
 
+        def compute():
+            if self.perturbed_variables == "all":
+                return self.perturbation(context)
+            selected = self._selected_variables(context)
+            view = context.restricted(selected)
+            return view._restrict(self.perturbation(view))
+
+        return context.memo("perturbation", compute)
+
+    def _selected_variables(self, context):
+        if self.perturbed_variables == "normalization":
+            selected = list(context.is_normalization)
+        else:
+            selected = [bool(self.perturbed_variables(v)) for v in context.variables]
+        if not any(selected):
+            raise ValueError(
+                "`perturbed_variables` selects none of the model's trainable "
+                f"variables. Received: perturbed_variables={self.perturbed_variables!r}"
+                + (
+                    " on a model without normalisation layers (BatchNormalization, "
+                    "LayerNormalization, GroupNormalization, ...)"
+                    if self.perturbed_variables == "normalization"
+                    else ""
+                )
+            )
+        return selected
     def step_metrics(self, context):
         """Returns a dict of scalar tensors named as in `metric_names`."""
         if self.tracker is None:
@@ -187,10 +278,42 @@ class SharpnessMethod(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"rho": self.rho})
+        if self.perturbed_variables != "all":
+            selection = self.perturbed_variables
+            if callable(selection):
+                selection = keras.saving.serialize_keras_object(selection)
+            config["perturbed_variables"] = selection
+        if self.interval != 1:
+            config["interval"] = self.interval
         if self.tracker is not None:
             config["tracker"] = True
             config.update(self.tracker.get_config())
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        selection = config.get("perturbed_variables")
+        if isinstance(selection, dict):
+            config["perturbed_variables"] = keras.saving.deserialize_keras_object(
+                selection
+            )
+        return cls(**config)
+
+
+PERTURBED_VARIABLES = ("all", "normalization")
+
+
+def _check_perturbed_variables(value):
+    if callable(value):
+        return value
+    if value not in PERTURBED_VARIABLES:
+        raise ValueError(
+            "`perturbed_variables` must be 'all', 'normalization' or a "
+            "callable taking a variable and returning a bool. Received: "
+            f"perturbed_variables={value!r}"
+        )
+    return value
 
 
 def _make_tracker(tracker, tracker_kwargs, required, default_refresh_every):

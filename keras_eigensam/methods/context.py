@@ -1,5 +1,7 @@
 """`StepContext`: what a sharpness-aware method sees of one training step."""
 
+import copy
+
 from keras import ops
 from keras import tree
 
@@ -40,6 +42,14 @@ class StepContext:
             (SAM-ON).
         optimizer: The model's optimizer (possibly a `LossScaleOptimizer`).
         num_replicas: The number of replicas in sync (a Python int).
+        first_pass_perturbation: The perturbation the first pass was taken
+            at (`None`: at `weights`). Methods that know their perturbation
+            before any pass (momentum-SAM) set it through
+            `SharpnessMethod.first_pass_perturbation`; then `grads` and
+            `loss` are those at `weights + first_pass_perturbation`.
+
+    In `SharpnessMethod.first_pass_perturbation` the first pass has not run:
+    `grads` and `loss` are `None` there.
     """
 
     def __init__(
@@ -58,6 +68,7 @@ class StepContext:
         with_hessian,
         all_reduce_mean,
         cond,
+        example_losses=None,
     ):
         self.step = step
         self.first_micro_batch = first_micro_batch
@@ -72,9 +83,27 @@ class StepContext:
         self._with_hessian = with_hessian
         self._all_reduce_mean = all_reduce_mean
         self._cond = cond
+        self._example_losses = example_losses
+        self.first_pass_perturbation = None
         self._memo = {}
-        self._branch_depth = 0
-        self.staged = []
+        # Shared with `restricted` views: the branch depth, the staged
+        # writes and the decoupled step.
+        self._shared = {"branch_depth": 0, "staged": [], "decoupled": None}
+        self._selected = None
+
+    @property
+    def staged(self):
+        """The staged `(variable, value)` writes of this step."""
+        return self._shared["staged"]
+
+    @property
+    def decoupled(self):
+        """The staged decoupled direction (see `decoupled_step`), or `None`."""
+        return self._shared["decoupled"]
+
+    @property
+    def _branch_depth(self):
+        return self._shared["branch_depth"]
 
     # ------------------------------------------------------------ step facts
 
@@ -88,7 +117,7 @@ class StepContext:
         """
         return self.memo(
             "learning_rate",
-            lambda: ops.cast(_inner_optimizer(self.optimizer).learning_rate, "float32"),
+            lambda: ops.cast(inner_optimizer(self.optimizer).learning_rate, "float32"),
         )
 
     @property
@@ -105,27 +134,28 @@ class StepContext:
 
         - `keras.optimizers.SGD` with `momentum > 0`: minus its velocity
           `m` (Keras stores `m ← μ·m − lr·g`, so `−m = lr·Σ μ^k g`);
-        - Adam-family optimizers (`Adam`, `AdamW`, `Adamax`, `Nadam`,
-          `Lion`, …) and `RMSprop` with momentum: their first moment
-          (`_momentums`), which is `+g`-signed.
+        - Adam-family optimizers (`Adam`, `AdamW`, `Nadam`, `Lion`, …) and
+          `RMSprop` with momentum: their first moment (`_momentums`), which
+          is `+g`-signed; `Adamax`: its first moment `_m`.
 
         Returns `None` when the optimizer keeps no such slot (SGD without
         momentum, Adagrad, …) or has not been built yet.
         """
 
         def read():
-            optimizer = _inner_optimizer(self.optimizer)
+            optimizer = inner_optimizer(self.optimizer)
             slots = getattr(optimizer, "momentums", None)
             sign = -1.0
-            if not slots:
-                slots, sign = getattr(optimizer, "_momentums", None), 1.0
+            for name in ("_momentums", "_m"):  # Adam family; Adamax
+                if not slots:
+                    slots, sign = getattr(optimizer, name, None), 1.0
             if not slots:
                 return None
             values = []
             for variable in self.variables:
                 slot = slots[optimizer._get_variable_index(variable)]
                 values.append(ops.multiply(ops.cast(slot.value, "float32"), sign))
-            return values
+            return self._restrict(values)
 
         return self.memo("momentum", read)
 
@@ -152,6 +182,20 @@ class StepContext:
             is not finite, they are NaN, so the step is skipped.
         """
         return self._gradient_at(perturbation, examples)
+
+    def example_losses(self, perturbation=None):
+        """The loss of each example of this replica's batch (a vector).
+
+        At `weights + perturbation` (a forward pass, no backward and no
+        variable written), or for `None` at the first pass's point (no
+        pass). The values are the per-example terms of the mean loss, before
+        sample weights (ESAM ranks examples by how much their loss rises
+        under the perturbation). They come from the compiled loss, so a
+        model whose `compute_loss` ignores `sample_weight` gets zeros.
+        """
+        if self._example_losses is None:
+            raise NotImplementedError("This step cannot compute per-example losses.")
+        return self._example_losses(perturbation)
 
     def with_hessian(self, pred, fn, default, *, training=False, mode="reverse_over_reverse"):
         """`fn(matvec)` if the scalar boolean `pred`, else `default`.
@@ -180,6 +224,45 @@ class StepContext:
             return values
         return self._all_reduce_mean(values)
 
+    def decoupled_step(self, direction):
+        """Stages `w ← w − learning_rate · direction` after the optimizer's update.
+
+        A second, plain-SGD update applied on top of the base optimizer's
+        (as decoupled weight decay is): WSAM's decoupled sharpness term. It
+        is averaged over replicas here (a collective: call it outside
+        `cond`) and committed only if the step is finite. Under gradient
+        accumulation it would be applied per micro-batch, so methods using
+        it refuse accumulation.
+        """
+        if self._branch_depth:
+            raise RuntimeError(
+                "`StepContext.decoupled_step` was called inside a `cond` "
+                "branch. Return the direction from the branch and call it after."
+            )
+        direction = self.all_reduce_mean(list(direction))
+        self._shared["decoupled"] = linalg.scale(direction, self.learning_rate)
+
+    def restricted(self, selected):
+        """A view of this step in which only the `selected` variables exist.
+
+        `selected` is one Python bool per variable. The view's `grads` and
+        `momentum()` are zero outside the selection (so norms are over the
+        selected variables only); everything else is shared with this
+        context, staged writes included. SAM-ON's perturbation is the
+        method's rule computed on such a view.
+        """
+        selected = tuple(bool(s) for s in selected)
+        view = copy.copy(self)
+        view._memo = {}
+        view._selected = selected
+        view.grads = _masked(self.grads, selected)
+        return view
+
+    def _restrict(self, values):
+        if self._selected is None or values is None:
+            return values
+        return _masked(values, self._selected)
+
     def cond(self, pred, true_fn, false_fn):
         """`true_fn()` if the scalar boolean `pred`, else `false_fn()`.
 
@@ -191,11 +274,11 @@ class StepContext:
         """
         def branch(fn):
             def run():
-                self._branch_depth += 1
+                self._shared["branch_depth"] += 1
                 try:
                     return fn()
                 finally:
-                    self._branch_depth -= 1
+                    self._shared["branch_depth"] -= 1
 
             return run
 
@@ -216,7 +299,7 @@ class StepContext:
                 "`StepContext.assign` was called inside a `cond` branch. "
                 "Return the new value from the branch and assign it after."
             )
-        self.staged = [(v, x) for v, x in self.staged if v is not variable]
+        self.staged[:] = [(v, x) for v, x in self.staged if v is not variable]
         self.staged.append((variable, ops.cast(value, variable.dtype)))
 
     def memo(self, key, compute):
@@ -232,8 +315,13 @@ class StepContext:
         return value
 
 
-def _inner_optimizer(optimizer):
+def inner_optimizer(optimizer):
+    """The optimizer doing the update (inside a `LossScaleOptimizer`)."""
     return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def _masked(values, selected):
+    return [v if s else ops.zeros_like(v) for v, s in zip(values, selected)]
 
 
 def gather_examples(structure, examples):

@@ -11,7 +11,7 @@ Example:
 ```python
 from keras_eigensam.methods import registry
 
-registry.names()                          # ('sam', 'asam', 'eigensam', 'xsam')
+registry.names()                          # ('sam', 'asam', 'eigensam', 'xsam', 'gsam', ...)
 registry.defaults("asam")["rho"]          # 0.5, from ASAM.__init__
 method = registry.create("eigensam", alpha=0.1, refresh_every=10)
 ```
@@ -22,9 +22,16 @@ import inspect
 
 from keras_eigensam.methods import eigenvector_tracker
 from keras_eigensam.methods.asam import ASAM
+from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.eigen_sam import EigenSAM
 from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
+from keras_eigensam.methods.esam import ESAM
+from keras_eigensam.methods.friendly_sam import FriendlySAM
+from keras_eigensam.methods.gsam import GSAM
+from keras_eigensam.methods.look_sam import LookSAM
+from keras_eigensam.methods.momentum_sam import MomentumSAM
 from keras_eigensam.methods.sam import SAM
+from keras_eigensam.methods.wsam import WSAM
 from keras_eigensam.methods.x_sam import XSAM
 
 _REFRESH = "`num_matvecs` HVPs every `refresh_every` steps"
@@ -90,6 +97,60 @@ _ENTRIES = (
         passes=f"2 + {_REFRESH}",
         reference="[Duan, Chen & Guan, 2026](https://arxiv.org/abs/2601.10251)",
         summary="SAM's descent gradient corrected along the top eigenvector",
+    ),
+    MethodEntry(
+        name="gsam",
+        cls=GSAM,
+        perturbation="`ρ_t ĝ`, `ρ_t` linear in the learning rate",
+        descent="`g_s − α g⊥`, `g⊥ = g − <g,ĝ_s> ĝ_s`",
+        passes="2",
+        reference="[Zhuang et al., 2022](https://arxiv.org/abs/2203.08065)",
+        summary="SAM plus an ascent orthogonal to the perturbed gradient (surrogate gap)",
+    ),
+    MethodEntry(
+        name="wsam",
+        cls=WSAM,
+        perturbation="`ρ ĝ`",
+        descent="`a g_s + (1−a) g`, `a = γ/(1−γ)` (or `g`, then `−lr·a(g_s − g)` decoupled)",
+        passes="2",
+        reference="[Yue et al., 2023](https://arxiv.org/abs/2305.15817)",
+        summary="the loss plus a weighted sharpness term",
+    ),
+    MethodEntry(
+        name="friendlysam",
+        cls=FriendlySAM,
+        perturbation="`ρ d/‖d‖`, `d = g − σ m`, `m` an EMA of `g`",
+        descent="`∇L(w+e)`",
+        passes="2",
+        reference="[Li et al., 2024](https://arxiv.org/abs/2403.12350)",
+        summary="SAM's perturbation without the full-gradient component (an EMA)",
+    ),
+    MethodEntry(
+        name="looksam",
+        cls=LookSAM,
+        perturbation="`ρ ĝ` every `k` steps",
+        descent="`g_s` every `k` steps, else `g + α (‖g‖/‖g_v‖) g_v`",
+        passes="`(k+1)/k` (1.2 at `k=5`)",
+        reference="[Liu et al., 2022](https://arxiv.org/abs/2203.02714)",
+        summary="a SAM step every k steps, its orthogonal direction reused in between",
+    ),
+    MethodEntry(
+        name="esam",
+        cls=ESAM,
+        perturbation="`ρ (m⊙g)/(β‖g‖)`, `m ~ Bernoulli(β)`",
+        descent="`∇` of the mean loss of the `γN` examples whose loss rose most",
+        passes="1 + a forward + `γ` (≈1.8 at `γ=0.5`)",
+        reference="[Du et al., 2022](https://arxiv.org/abs/2110.03141)",
+        summary="SAM with random weight perturbation and the sharpest examples only",
+    ),
+    MethodEntry(
+        name="momentumsam",
+        cls=MomentumSAM,
+        perturbation="`ρ b/‖b‖`, `b` the optimizer's momentum",
+        descent="`∇L(w+e)` (the only pass)",
+        passes="1",
+        reference="[Becker et al., 2024](https://arxiv.org/abs/2401.12033)",
+        summary="SAM along the optimizer's momentum, in one pass",
     ),
 )
 _BY_NAME = {entry.name: entry for entry in _ENTRIES}
@@ -170,11 +231,25 @@ def tracks_eigenvector(name, arguments):
 
 def _accepted(name):
     """Every keyword the method's constructor takes."""
-    named = {p.name for p in _parameters(get(name).cls)}
+    cls = get(name).cls
+    named = {p.name for p in _parameters(cls)}
     # `power_iterations` (the former name of `num_matvecs`) is still taken
     # by the constructors but not offered.
     tracker = set(eigenvector_tracker.ARGUMENTS) - {"power_iterations"}
-    return named | tracker | {"tracker"}
+    return named | tracker | {"tracker"} | set(option_defaults(name))
+
+
+def option_defaults(name):
+    """The options every method's base class takes (`perturbed_variables`,
+    `interval` where the method supports it), with their defaults."""
+    options = {
+        key: value
+        for key, value in _signature_defaults(SharpnessMethod).items()
+        if key not in ("rho", "tracker")
+    }
+    if not get(name).cls.supports_interval:
+        options.pop("interval")
+    return options
 
 
 def check_arguments(name, arguments):
@@ -253,6 +328,16 @@ def markdown_table():
         lines.append("| " + " | ".join(cells) + " |")
     if shared:
         lines += ["", f"Every method also takes {_arguments_markdown(shared)}."]
+    without_interval = [
+        f"`{entry.cls.__name__}`" for entry in _ENTRIES if not entry.cls.supports_interval
+    ]
+    lines += [
+        "",
+        "Every method takes `perturbed_variables='all'` (`'normalization'` "
+        "perturbs only normalisation layers, SAM-ON; or a callable over "
+        "variables) and `interval=1` (the second pass every `interval` steps; "
+        f"not {' and '.join(without_interval)}, which schedule their own passes).",
+    ]
     tracker = {
         k: v for k, v in tracker_defaults(names()[0]).items() if k in tracker_only
     }

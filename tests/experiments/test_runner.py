@@ -33,7 +33,9 @@ def tiny(tmp_path, **kwargs):
 def test_make_method_builds_the_registered_class_with_the_config_arguments():
     assert runner.make_method(TrainConfig(method="sgd")) is None
     for name in registry.names():
-        method = runner.make_method(TrainConfig(method=name, method_args={"rho": 0.1}))
+        # GSAM's radius is `rho_max` (and `rho_min`), the others' `rho`.
+        key = "rho_max" if name == "gsam" else "rho"
+        method = runner.make_method(TrainConfig(method=name, method_args={key: 0.1}))
         assert type(method) is registry.get(name).cls and method.rho == 0.1
     sam = runner.make_method(TrainConfig(method="sam"))
     assert sam.tracker is None

@@ -13,7 +13,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_every_method_is_registered_once_under_a_lowercase_name():
-    assert registry.names() == ("sam", "asam", "eigensam", "xsam")
+    assert registry.names() == (
+        "sam", "asam", "eigensam", "xsam",
+        "gsam", "wsam", "friendlysam", "looksam", "esam", "momentumsam",
+    )
     assert [e.name for e in registry.entries()] == list(registry.names())
     for entry in registry.entries():
         assert entry.name == entry.name.lower()
@@ -34,7 +37,7 @@ def test_registry_is_reachable_from_the_package():
 
 def test_unknown_name_error_names_argument_value_and_known_names():
     with pytest.raises(ValueError, match=r"`method` must be one of the registered "
-                       r"methods \['sam', 'asam', 'eigensam', 'xsam'\]\. "
+                       r"methods \['sam', 'asam', 'eigensam', 'xsam', 'gsam', .*\]\. "
                        r"Received: method='adam'"):
         registry.get("adam")
 
@@ -56,14 +59,25 @@ def test_defaults_are_the_constructor_signature(name):
     # And the instance `create` makes with no arguments has them.
     method = registry.create(name)
     assert type(method) is cls
-    assert method.rho == registry.defaults(name)["rho"]
+    config = method.get_config()
+    for key, value in registry.defaults(name).items():
+        assert config.get(key, value) == value, key
 
 
 def test_known_defaults_per_method():
     # The papers' defaults, read from the signatures (never restated there).
-    assert {n: registry.defaults(n)["rho"] for n in registry.names()} == {
-        "sam": 0.05, "asam": 0.5, "eigensam": 0.05, "xsam": 0.05,
+    assert {n: registry.defaults(n).get("rho") for n in registry.names()} == {
+        "sam": 0.05, "asam": 0.5, "eigensam": 0.05, "xsam": 0.05, "gsam": None,
+        "wsam": 0.05, "friendlysam": 0.05, "looksam": 0.05, "esam": 0.05,
+        "momentumsam": 0.3,
     }
+    assert registry.defaults("gsam") == {
+        "rho_max": 0.05, "rho_min": 0.01, "alpha": 0.2, "lr_max": None, "lr_min": None,
+    }
+    assert registry.defaults("wsam") == {"rho": 0.05, "gamma": 0.9, "decouple": True}
+    assert registry.defaults("friendlysam") == {"rho": 0.05, "sigma": 1.0, "lmbda": 0.6}
+    assert registry.defaults("looksam") == {"rho": 0.05, "k": 5, "alpha": 0.7}
+    assert registry.defaults("esam") == {"rho": 0.05, "beta": 0.6, "gamma": 0.5, "seed": None}
     assert registry.defaults("eigensam")["refresh_every"] == 100
     assert registry.defaults("xsam")["refresh_every"] == 5
 
@@ -81,8 +95,9 @@ def test_create_rejects_unknown_arguments_naming_them_and_the_accepted_ones():
     message = str(info.value)
     assert "Method 'asam' (ASAM) takes no argument `alpha`, `gamma`" in message
     assert (
-        "its arguments are ['eta', 'hessian_training', 'hvp_mode', 'num_matvecs', "
-        "'refresh_every', 'rho', 'seed', 'tracker', 'which']" in message
+        "its arguments are ['eta', 'hessian_training', 'hvp_mode', 'interval', "
+        "'num_matvecs', 'perturbed_variables', 'refresh_every', 'rho', 'seed', "
+        "'tracker', 'which']" in message
     )
     assert message.endswith("Received: alpha=0.1, gamma=3")
 

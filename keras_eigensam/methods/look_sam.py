@@ -1,0 +1,112 @@
+"""LookSAM: SAM's orthogonal gradient component reused for k steps (Liu et al., 2022)."""
+
+import keras
+from keras import ops
+
+from keras_eigensam import linalg
+from keras_eigensam import validation
+from keras_eigensam.methods.base import SharpnessMethod
+from keras_eigensam.methods.sam import sam_perturbation
+
+
+def look_sam_direction(grads, perturbed_grads):
+    """`g_v = g_s − ‖g_s‖·cos(g, g_s)·ĝ`: the part of `g_s` orthogonal to `g`."""
+    unit, _ = linalg.normalize(grads)
+    return linalg.add_scaled(perturbed_grads, unit, -linalg.inner(perturbed_grads, unit))
+
+
+def look_sam_descent(grads, direction, alpha):
+    """`g + α·(‖g‖/‖g_v‖)·g_v`, LookSAM's one-pass descent direction."""
+    ratio = linalg.global_norm(grads) / (linalg.global_norm(direction) + linalg.EPSILON)
+    return linalg.add_scaled(grads, direction, alpha * ratio)
+
+
+@keras.saving.register_keras_serializable(package="keras_eigensam")
+class LookSAM(SharpnessMethod):
+    """LookSAM: a SAM step every `k` steps, its direction reused in between.
+
+    The part of SAM's gradient orthogonal to the plain gradient changes
+    slowly, so it is computed every `k` steps and added to the plain
+    gradient on the others, which take one forward-backward pass:
+
+    ```
+    step % k == 0:  e = ρ ĝ;   g_s = ∇L_B(w + e);   d = g_s
+                    g_v = g_s − ‖g_s‖ cos(g, g_s) ĝ      (stored)
+    otherwise:      d = g + α (‖g‖/‖g_v‖) g_v            (one pass)
+    w ← base_optimizer(w, d)
+    ```
+
+    `step` is the optimizer's `iterations`, so the schedule survives
+    `steps_per_execution`, restarts and `BackupAndRestore`; `g_v` is method
+    state (saved, mirrored, untouched by a skipped step). Under
+    `perturbation_scope="replica"` each replica computes its own `g_v` on
+    SAM steps and the stored one is their average. Under gradient
+    accumulation every micro-batch of a SAM step stores `g_v` and the last
+    one is kept.
+
+    `(k + 1)/k` passes per step on average (1.2 at `k=5`). `k=1` is SAM.
+
+    Args:
+        rho: Radius of the perturbation. Defaults to `0.05` (SAM's CIFAR
+            radius).
+        k: Period of the SAM steps. Defaults to `5` (the paper's).
+        alpha: Weight of the reused direction. Defaults to `0.7` (the
+            paper's).
+        **kwargs: `SharpnessMethod` options (`tracker` and its arguments,
+            `perturbed_variables`) and `keras.layers.Layer` arguments.
+
+    Example:
+
+    ```python
+    model = keras_eigensam.SharpnessAwareModel(
+        net, method=LookSAM(rho=0.05, k=5, alpha=0.7))
+    ```
+
+    Reference:
+        - [Liu et al., 2022](https://arxiv.org/abs/2203.02714)
+    """
+
+    supports_interval = False
+
+    def __init__(self, rho=0.05, k=5, alpha=0.7, **kwargs):
+        super().__init__(rho=rho, **kwargs)
+        self.k = validation.check_int("k", k, minimum=1)
+        self.alpha = validation.check_number("alpha", alpha)
+
+    def build_state(self, variable_shapes):
+        super().build_state(variable_shapes)
+        self.direction = [
+            self.add_state(f"direction_{i}", shape, aggregation="mean")
+            for i, shape in enumerate(variable_shapes)
+        ]
+
+    def perturbation(self, context):
+        return sam_perturbation(context.grads, self.rho, context.grad_norm)
+
+    def descent(self, context):
+        stored = [v.value for v in self.direction]
+        if self.k == 1:
+            perturbed = context.gradient_at(self.step_perturbation(context))
+            new_direction = look_sam_direction(context.grads, perturbed)
+            descent = perturbed
+        else:
+            perturbation = self.step_perturbation(context)
+
+            def sam_step():
+                perturbed = context.gradient_at(perturbation)
+                return perturbed, look_sam_direction(context.grads, perturbed)
+
+            def reuse_step():
+                return look_sam_descent(context.grads, stored, self.alpha), stored
+
+            descent, new_direction = context.cond(
+                ops.equal(ops.mod(context.step, self.k), 0), sam_step, reuse_step
+            )
+        for variable, value in zip(self.direction, new_direction):
+            context.assign(variable, value)
+        return descent
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"k": self.k, "alpha": self.alpha})
+        return config
