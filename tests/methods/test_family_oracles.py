@@ -572,3 +572,41 @@ def test_esam_interval_matches_oracle():
         steps=4,
         baseline=fam.ESAM(0.3, 0.5),
     )
+
+
+# =================================================================== saved state
+
+
+@pytest.mark.parametrize(
+    "make, oracle, schedule, lr, before",
+    [
+        # The largest rate seen (0.2, at step 1) must survive the reload.
+        (lambda: ks.GSAM(rho_max=0.3, rho_min=0.1, alpha=0.4),
+         lambda: fam.GSAM(0.3, 0.1, 0.4),
+         lambda: SCHEDULES.PiecewiseConstantDecay([0, 1, 2], [0.1, 0.2, 0.05, 0.15]),
+         fam.piecewise_constant([0, 1, 2], [0.1, 0.2, 0.05, 0.15]), 2),
+        (lambda: ks.FriendlySAM(rho=0.2, sigma=0.9, lmbda=0.6),
+         lambda: fam.FriendlySAM(0.2, 0.9, 0.6), lambda: LR, LR, 2),
+        # g_v of step 0 is used by steps 1 and 2, after the reload.
+        (lambda: ks.LookSAM(rho=0.2, k=3, alpha=0.7),
+         lambda: fam.LookSAM(0.2, 3, 0.7), lambda: LR, LR, 1),
+    ],
+    ids=["gsam-seen-max", "friendly-sam", "look-sam"],
+)
+def test_method_state_survives_save_and_load(tmp_path, make, oracle, schedule, lr, before):
+    x, y, problem = _problem()
+    model = _model(make(), keras.optimizers.SGD(schedule()))
+    w0 = tiny.weights_of(model)
+    _fit(model, x, y, before)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.method) is type(model.method)
+    assert loaded.method.get_config() == model.method.get_config()
+    loaded.fit(x, y, batch_size=len(x), epochs=4 - before, shuffle=False, verbose=0)
+    expected = fam.run(oracle(), problem, w0, 4, lr=lr)
+    tiny.assert_weights_close(tiny.weights_of(loaded), expected)
+    # Restarting the method's state at the reload would be a different run.
+    restarted = fam.run(oracle(), problem, fam.run(oracle(), problem, w0, before, lr=lr),
+                        4 - before, lr=lambda t: (lr(t + before) if callable(lr) else lr))
+    _assert_differs(expected, restarted, "a run whose method state restarts")
