@@ -287,7 +287,7 @@ def lanczos_top_eigenpair(matvec, v0, num_matvecs):
 
     Returns:
         `(eigenvalue, eigenvector)`: a scalar tensor and a unit-norm list of
-        tensors.
+        tensors, signed so that `<eigenvector, v0> >= 0`.
     """
     like = list(v0)
     start, _ = linalg.normalize(like)
@@ -325,7 +325,12 @@ def lanczos_top_eigenpair(matvec, v0, num_matvecs):
     mass = ops.matmul(ops.cast(ops.stack(valid), y.dtype), ops.square(y))
     score = ops.where(mass > 0.5, theta, ops.full_like(theta, -float("inf")))
     index = ops.argmax(score)
-    vector = ops.matmul(ops.take(y, index, axis=1), ops.stack(basis[: len(alphas)]))
+    coefficients = ops.take(y, index, axis=1)
+    # `eigh` returns either sign (LAPACK and XLA differ): take the one along
+    # the start vector, so that a warm-started estimate keeps its sign and
+    # every backend finds the same vector.
+    coefficients = coefficients * ops.where(coefficients[0] < 0, -1.0, 1.0)
+    vector = ops.matmul(coefficients, ops.stack(basis[: len(alphas)]))
     vector, _ = linalg.normalize([vector])
     eigenvalue = ops.where(finite, ops.take(theta, index), float("nan"))
     return eigenvalue, _unflat(vector[0], like)
