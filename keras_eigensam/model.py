@@ -419,8 +419,12 @@ class SharpnessAwareModel(keras.Model):
         if sample_weight is None:
             sample_weight = ops.ones((batch_size,), "float32")
 
+        # Weight regularisers read their variables from the scope's mapping;
+        # their terms do not depend on the sample weights.
+        own_values = [(v, v.value) for v in self.trainable_variables]
+
         def weighted_loss(values):
-            with keras.StatelessScope(collect_losses=True):
+            with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
                 loss_ = self._loss(x, y, y_pred, values[0])
             return ops.cast(loss_, "float32")
 

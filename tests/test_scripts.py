@@ -158,7 +158,8 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
         args = results["config"]["method_args"]
         assert args == config.TrainConfig(method=method).resolved().method_args
         assert results["method_config"].items() <= args.items()
-        assert results["method_config"]["rho"] == registry.defaults(method)["rho"]
+        radius = "rho_max" if method == "gsam" else "rho"
+        assert results["method_config"][radius] == registry.defaults(method)[radius]
     if "top_eigenvalue" in results["final_metrics"]:
         assert results["final_metrics"]["top_eigenvalue"] > 0
 

@@ -109,6 +109,16 @@ def test_fit_is_traced_once_and_trains(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_weight_regularisers_train(name):
+    # Every pass (per-example losses included) sees the L2 terms.
+    x, y = tiny.data(n=16)
+    model = _model(name, net=tiny.mlp(l2=0.01))
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_tracker_composes_and_logs(name):
     x, y = tiny.data(n=32)
     method = _method(name, tracker=True, refresh_every=2, seed=0)
