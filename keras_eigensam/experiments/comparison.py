@@ -102,6 +102,10 @@ def compare(configs, *, strategy=None, metadata=None, progress=None):
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in results]),
                 "train_time_s": _mean_std([r["train_time_s"] for r in results]),
                 "delta_vs_first": _mean_std(delta) if delta else None,
+                # With curvature=True: λ_max of the loss on the fixed probe
+                # set after the last epoch (inference mode, every method
+                # measured alike).
+                "final_top_eigenvalue": _final_metric(results, PROBE_EIGENVALUE),
                 "per_seed_final_test_accuracy": final.tolist(),
                 "run_dirs": [r["run_dir"] for r in results],
             }
@@ -115,6 +119,17 @@ def compare(configs, *, strategy=None, metadata=None, progress=None):
         "versions": results_lib.versions(),
         "device": results_lib.device_info(strategy),
     }
+
+
+#: The probe monitor's top eigenvalue in a run's `final_metrics`.
+PROBE_EIGENVALUE = "hessian_top_eigenvalue"
+
+
+def _final_metric(results, key):
+    values = [r["final_metrics"].get(key) for r in results]
+    if any(v is None for v in values):
+        return None
+    return _mean_std(values)
 
 
 def configs_for_methods(methods, seeds, method_args=None, **settings):
@@ -170,10 +185,13 @@ def comparison_markdown(comparison):
     """The comparison as a markdown table (accuracies in %)."""
     first = comparison["first_method"]
     seeds = sorted({seed for row in comparison["rows"] for seed in row["seeds"]})
+    curvature = any(row.get("final_top_eigenvalue") for row in comparison["rows"])
     lines = [
         "| method | method args | final test acc. (%) | best test acc. (%) "
-        f"| Δ vs {first} (pts) | final test loss | train time (s) |",
-        "|---|---|---|---|---|---|---|",
+        f"| Δ vs {first} (pts) | final test loss |"
+        + (" final λ_max (probe) |" if curvature else "")
+        + " train time (s) |",
+        "|---|---|---|---|---|---|" + ("---|" if curvature else "") + "---|",
     ]
     for row in comparison["rows"]:
         args = ", ".join(argument_strings(row["method_args"]))
@@ -185,14 +203,25 @@ def comparison_markdown(comparison):
             _pct(row["best_test_accuracy"]),
             _pct(row["delta_vs_first"], signed=True),
             f"{loss['mean']:.4f} ± {loss['std']:.4f}",
-            f"{row['train_time_s']['mean']:.1f}",
         ]
+        if curvature:
+            eigenvalue = row.get("final_top_eigenvalue")
+            cells.append(
+                f"{eigenvalue['mean']:.3g} ± {eigenvalue['std']:.2g}" if eigenvalue else "–"
+            )
+        cells.append(f"{row['train_time_s']['mean']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}; "
         f"Δ is the per-seed difference from {first} (same initial weights and "
         "batch order), averaged."
+        + (
+            " λ_max: the largest Hessian eigenvalue of the loss on the fixed "
+            "probe set after the last epoch (inference mode)."
+            if curvature
+            else ""
+        )
     )
     return "\n".join(lines) + "\n"
 

@@ -70,3 +70,26 @@ def test_split_method_args_gives_each_method_the_keys_it_takes():
         comparison.split_method_args(["sgd", "asam"], {"alpha": 0.3})
     with pytest.raises(ConfigError, match="method='sgd' .* takes no method arguments"):
         comparison.split_method_args(["sgd"], {"rho": 0.1})
+
+
+def test_markdown_shows_the_probe_eigenvalue_when_runs_measured_it():
+    runs = [
+        {"final_test_accuracy": 0.9, "final_metrics": {"hessian_top_eigenvalue": 4.0}},
+        {"final_test_accuracy": 0.8, "final_metrics": {"hessian_top_eigenvalue": 6.0}},
+    ]
+    assert comparison._final_metric(runs, "hessian_top_eigenvalue") == {
+        "mean": 5.0, "std": pytest.approx(2 ** 0.5),
+    }
+    assert comparison._final_metric(runs + [{"final_metrics": {}}], "hessian_top_eigenvalue") is None
+    stats = {"mean": 0.5, "std": 0.1}
+    row = {
+        "method": "sam", "method_args": {}, "seeds": [0, 1],
+        "final_test_accuracy": stats, "best_test_accuracy": stats, "delta_vs_first": None,
+        "final_test_loss": stats, "train_time_s": stats,
+        "final_top_eigenvalue": {"mean": 5.0, "std": 1.4142},
+    }
+    table = comparison.comparison_markdown({"first_method": "sam", "rows": [row]})
+    assert "final λ_max (probe)" in table.splitlines()[0]
+    assert "| 5 ± 1.4 |" in table
+    row["final_top_eigenvalue"] = None
+    assert "λ_max" not in comparison.comparison_markdown({"first_method": "sam", "rows": [row]})
