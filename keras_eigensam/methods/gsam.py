@@ -117,8 +117,9 @@ class GSAM(SharpnessMethod):
                 "GSAM's radius follows the learning rate between `rho_min` and "
                 f"`rho_max`; it takes no `rho`. Received: rho={kwargs['rho']!r}"
             )
+        rho_max = validation.check_number("rho_max", rho_max, minimum=0.0)
         super().__init__(rho=rho_max, **kwargs)
-        self.rho_max = validation.check_number("rho_max", rho_max, minimum=0.0)
+        self.rho_max = rho_max
         self.rho_min = validation.check_number("rho_min", rho_min, minimum=0.0)
         self.alpha = validation.check_number("alpha", alpha)
         self.lr_max = (

@@ -346,3 +346,45 @@ def test_sam_on_without_normalization_layers_is_refused(name):
     x, y = tiny.data(n=8)
     with pytest.raises(ValueError, match="perturbed_variables"):
         model.train_on_batch(x, y)
+
+
+# ------------------------------------------------------------ bad arguments
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: ks.GSAM(rho_max=-0.1), ValueError, r"`rho_max`.*Received: rho_max=-0.1"),
+        (lambda: ks.GSAM(rho_min="a"), TypeError, r"`rho_min`.*Received: rho_min='a'"),
+        (lambda: ks.GSAM(rho=0.1), TypeError, r"takes no `rho`.*Received: rho=0.1"),
+        (lambda: ks.GSAM(lr_max=0.1, lr_min=0.2), ValueError, r"lr_min=0.2, lr_max=0.1"),
+        (lambda: ks.GSAM(lr_max=-1.0), ValueError, r"Received: lr_max=-1.0"),
+        (lambda: ks.WSAM(gamma=1.0), ValueError, r"`gamma` must be below 1.*gamma=1.0"),
+        (lambda: ks.WSAM(gamma=-0.5), ValueError, r"Received: gamma=-0.5"),
+        (lambda: ks.WSAM(decouple="yes"), TypeError, r"Received: decouple='yes'"),
+        (lambda: ks.FriendlySAM(lmbda=1.5), ValueError, r"Received: lmbda=1.5"),
+        (lambda: ks.FriendlySAM(sigma=None), TypeError, r"Received: sigma=None"),
+        (lambda: ks.LookSAM(k=0), ValueError, r"`k`.*Received: k=0"),
+        (lambda: ks.LookSAM(k=2.5), TypeError, r"Received: k=2.5"),
+        (lambda: ks.LookSAM(interval=2), ValueError, r"no `interval`.*interval=2"),
+        (lambda: ks.ESAM(beta=0.0), ValueError, r"`beta`.*Received: beta=0.0"),
+        (lambda: ks.ESAM(gamma=1.5), ValueError, r"`gamma`.*Received: gamma=1.5"),
+        (lambda: ks.ESAM(seed=1.5), TypeError, r"Received: seed=1.5"),
+        (lambda: ks.MomentumSAM(rho=-1.0), ValueError, r"Received: rho=-1.0"),
+        (lambda: ks.MomentumSAM(interval=3), ValueError, r"no `interval`.*interval=3"),
+        (lambda: ks.SAM(perturbed_variables="bn"), ValueError,
+         r"`perturbed_variables` must be.*Received: perturbed_variables='bn'"),
+        (lambda: ks.ASAM(interval=0), ValueError, r"`interval`.*Received: interval=0"),
+    ],
+)
+def test_bad_arguments_are_named_with_the_value_received(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_momentum_sam_without_momentum_names_the_optimizer():
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.MomentumSAM())
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x, y = tiny.data(n=8)
+    with pytest.raises(ValueError, match=r"momentum.*Received: optimizer=SGD\(momentum=0.0\)"):
+        model.train_on_batch(x, y)
