@@ -79,7 +79,9 @@ class SharpnessMethod(keras.layers.Layer):
             `iterations % interval == 0`; on the others the first-pass
             gradient stands in for the perturbed one, so the step is the
             base optimizer's at one pass (MosaicML Composer's SAM
-            `interval`). Defaults to `1` (every step).
+            `interval`). The perturbation rule still runs every step, so
+            state it keeps (FriendlySAM's EMA, GSAM's largest rate) is
+            updated on skipped passes too. Defaults to `1` (every step).
         **kwargs: The tracker's arguments (see `EigenvectorTracker`) and
             `keras.layers.Layer` arguments (e.g. `name`).
     """
