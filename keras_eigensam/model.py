@@ -1,5 +1,7 @@
 """`SharpnessAwareModel`: a `keras.Model` whose `train_step` is a SAM-family update."""
 
+import inspect
+
 import keras
 from keras import ops
 
@@ -120,13 +122,27 @@ class SharpnessAwareModel(keras.Model):
             "perturbation_scope", perturbation_scope, PERTURBATION_SCOPES
         )
         self.model = model
+        self._set_method(method)
+        if model is not None and model.built:
+            self._build_method_state()
+            self.built = True
+
+    def _set_method(self, method):
+        """Makes `method` this model's method (replacing an unbuilt one)."""
+        previous = getattr(self, "method", None)
+        if previous is not None:
+            if previous.state_built:
+                raise ValueError(
+                    "The method of a built SharpnessAwareModel cannot be "
+                    "replaced: its state is shaped after the model's weights."
+                )
+            self._tracker.untrack(previous)
+            for metric in self.method_metrics:
+                self._tracker.untrack(metric)
         self.method = method
         self.method_metrics = [
             keras.metrics.Mean(name=name) for name in method.metric_names
         ]
-        if model is not None and model.built:
-            self._build_method_state()
-            self.built = True
 
     # ------------------------------------------------------------------ build
 
@@ -141,7 +157,9 @@ class SharpnessAwareModel(keras.Model):
     def _weights_exist(self):
         if self.model is not None:
             return self.model.built
-        return self.built
+        # A subclass rebuilt by `load_model` has its weights but is not
+        # marked built.
+        return self.built or bool(self.trainable_variables)
 
     def _build_method_state(self):
         """Creates the method's (and optimizer's) state once weights exist."""
@@ -498,7 +516,36 @@ class SharpnessAwareModel(keras.Model):
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects
                 )
-        return cls(**config)
+        # A subclass that passes `method=` (or `model=`) to
+        # `super().__init__` itself, as the README's pattern does, does not
+        # take it as an argument: build it without, then restore the saved
+        # method if it differs from the one its constructor made (the saved
+        # state belongs to the saved method).
+        parameters = inspect.signature(cls.__init__).parameters
+        own = {
+            key: config.pop(key)
+            for key in ("model", "method")
+            if key in config and key not in parameters
+        }
+        instance = cls(**config)
+        saved = own.get("method")
+        if saved is not None and (
+            type(saved) is not type(instance.method)
+            or saved.get_config() != instance.method.get_config()
+        ):
+            instance._set_method(saved)
+        return instance
+
+    def export(self, filepath, *args, **kwargs):
+        """Exports the network for inference (see `keras.Model.export`).
+
+        A wrapping model exports the wrapped network: serving needs its
+        inference graph, not the method or the train step. A subclass
+        exports itself.
+        """
+        if self.model is not None:
+            return self.model.export(filepath, *args, **kwargs)
+        return super().export(filepath, *args, **kwargs)
 
 
 def _scaled(xs, factor):

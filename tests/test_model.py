@@ -525,3 +525,72 @@ def test_steps_per_execution_on_a_merge_call_strategy_is_refused(mirrored_strate
         model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
     with pytest.raises(ValueError, match="steps_per_execution=2; compile with"):
         tiny.fit_steps(model, x, y, 16, 2)
+
+
+# ---------------------------------------------------------------- reload, export
+
+
+class ReadmeMLP(ks.SharpnessAwareModel):
+    """The README's subclassing pattern: `method=` passed to super()."""
+
+    rho = 0.05
+
+    def __init__(self, **kwargs):
+        super().__init__(method=ks.EigenSAM(rho=self.rho, refresh_every=2, seed=0), **kwargs)
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, inputs, training=None):
+        return self.out(self.hidden(inputs))
+
+
+def test_subclass_passing_method_to_super_reloads(tmp_path):
+    x, y = tiny.data(n=16)
+    model = ReadmeMLP()
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    path = str(tmp_path / "mlp.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, custom_objects={"ReadmeMLP": ReadmeMLP})
+    assert type(loaded) is ReadmeMLP
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    assert len(loaded.method.variables) == len(model.method.variables) > 0
+    for a, b in zip(loaded.method.variables, model.method.variables):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    tiny.assert_weights_close(tiny.weights_of(loaded), tiny.weights_of(model))
+
+
+def test_subclass_reload_restores_the_saved_method(tmp_path):
+    x, y = tiny.data(n=16)
+    model = ReadmeMLP()
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "mlp.keras")
+    model.save(path)
+
+    class Changed(ReadmeMLP):
+        rho = 0.5  # the code changed since the file was saved
+
+    loaded = keras.models.load_model(path, custom_objects={"ReadmeMLP": Changed})
+    assert loaded.method.rho == 0.05  # what was trained, with its state
+    assert len(loaded.method_metrics) == len(model.method_metrics)
+    np.testing.assert_array_equal(
+        np.array(loaded.method.tracker.eigenvalue), np.array(model.method.tracker.eigenvalue)
+    )
+
+
+def test_export_serves_the_wrapped_network(tmp_path):
+    x, y = tiny.data(n=16)
+    model = _sam_model(ks.EigenSAM(refresh_every=2, seed=0))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "served")
+    model.export(path, verbose=False)
+    served = tf.saved_model.load(path)
+    np.testing.assert_allclose(
+        served.serve(tf.constant(x)).numpy(), model.predict(x, verbose=0), rtol=1e-6
+    )
+    # Inference only: no method state in the artifact.
+    names = {v.name for v in served.variables}
+    assert not any("eigenvector" in n or "top_eigenvalue" in n for n in names), names
