@@ -104,6 +104,14 @@ class SharpnessAwareModel(keras.Model):
         self, model=None, method=None, perturbation_scope="replica", **kwargs
     ):
         super().__init__(**kwargs)
+        if isinstance(model, SharpnessAwareModel):
+            raise TypeError(
+                "`model` is already a SharpnessAwareModel; wrapping it again "
+                "would nest two train steps, of which only the outer one runs. "
+                "Wrap the network itself, or change its `method`. Received: "
+                f"model={model.name!r} (a SharpnessAwareModel with "
+                f"{type(model.method).__name__})"
+            )
         if model is not None and not isinstance(model, keras.Model):
             raise TypeError(
                 "`model` must be a `keras.Model` (or None when subclassing "
@@ -122,6 +130,8 @@ class SharpnessAwareModel(keras.Model):
             "perturbation_scope", perturbation_scope, PERTURBATION_SCOPES
         )
         self.model = model
+        # Steps skipped because they were not finite, summed over the epoch.
+        self.skipped_steps = keras.metrics.Sum(name="skipped_steps")
         self._set_method(method)
         if model is not None and model.built:
             self._build_method_state()
@@ -415,6 +425,10 @@ class SharpnessAwareModel(keras.Model):
             ops.where(finite, true_loss, 0.0),
             sample_weight=ops.where(finite, batch_size, 0),
         )
+        # Each replica adds its share, so the sum counts the step once.
+        self.skipped_steps.update_state(
+            ops.where(finite, 0.0, 1.0 / num_replicas)
+        )
         # A skipped step logs nothing (its metrics may be NaN, and a refresh
         # it computed was not committed).
         metrics = self.method.step_metrics(context)
@@ -491,7 +505,7 @@ class SharpnessAwareModel(keras.Model):
     def test_step(self, data):
         logs = super().test_step(data)
         # The method's per-step metrics describe training steps only.
-        for tracker in self.method_metrics:
+        for tracker in self.method_metrics + [self.skipped_steps]:
             logs.pop(tracker.name, None)
         return logs
 

@@ -260,8 +260,9 @@ def test_non_finite_on_one_replica_skips_step_everywhere(mirrored_strategy):
     with mirrored_strategy.scope():
         model = _sam_model(ks.SAM(rho=0.05))
     before = tiny.weights_of(model)
-    tiny.fit_steps(model, x, y, 16, 1)
+    history = tiny.fit_steps(model, x, y, 16, 1)
     tiny.assert_weights_close(tiny.weights_of(model), before, rtol=0, atol=0)
+    assert history.history["skipped_steps"] == [1.0]  # once, not per replica
 
 
 # ---------------------------------------------------------------- saving
@@ -422,6 +423,12 @@ def test_bad_arguments(make, error, match):
         make()
 
 
+def test_wrapping_a_sharpness_aware_model_is_refused():
+    inner = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM(), name="inner")
+    with pytest.raises(TypeError, match=r"already a SharpnessAwareModel.*model='inner'"):
+        ks.SharpnessAwareModel(inner, method=ks.ASAM())
+
+
 def test_model_without_trainable_weights_is_rejected():
     net = tiny.mlp()
     net.trainable = False
@@ -479,8 +486,11 @@ def test_skipped_batch_does_not_poison_the_logged_loss():
     x[12, 1] = np.nan  # in the second of four batches
     model = _sam_model(ks.SAM(rho=0.05))
     w0 = tiny.weights_of(model)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
+    # Counted per epoch (a sum, reset each epoch), not a mean.
+    assert history.history["skipped_steps"] == [1.0, 1.0]
+    assert "skipped_steps" not in model.evaluate(x[:8], y[:8], verbose=0, return_dict=True)
     # The mean of the three applied steps' first-pass losses.
     losses, w = [], w0
     for start in (0, 16, 24):
