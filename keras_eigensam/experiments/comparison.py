@@ -13,6 +13,7 @@ from keras_eigensam.experiments.config import ConfigError
 from keras_eigensam.experiments.config import TrainConfig
 from keras_eigensam.experiments.config import argument_strings
 from keras_eigensam.experiments.config import method_label
+from keras_eigensam.experiments.config import run_name
 from keras_eigensam.methods import registry
 
 
@@ -57,13 +58,25 @@ def compare(configs, *, strategy=None, metadata=None, progress=None):
     labels = {}
     for index, config in enumerate(configs, start=1):
         keras.utils.clear_session()
+        stored = results_lib.read_json(
+            os.path.join(
+                config.output_dir,
+                config.run_name or run_name(config),
+                results_lib.RESULTS_FILE,
+            )
+        )
         results = runner.run(config, strategy=strategy, metadata=metadata)
         by_method.setdefault(config.method, {})[config.seed] = results
         labels.setdefault(config.method, method_label(config))
         if progress is not None:
+            reused = (
+                " (finished before: its stored results, not trained again)"
+                if stored is not None and stored == results
+                else f", {results['train_time_s']:.1f} s"
+            )
             progress(
                 f"[{index}/{len(configs)}] {results['run_name']}: final test accuracy "
-                f"{results['final_test_accuracy']:.4f}, {results['train_time_s']:.1f} s"
+                f"{results['final_test_accuracy']:.4f}{reused}"
             )
     first = next(iter(by_method))
     curvature_plot = None

@@ -52,6 +52,11 @@ def test_compare_pairs_seeds_and_tabulates_method_arguments(tmp_path):
     table = comparison.comparison_markdown(result)
     assert table.splitlines()[2].startswith("| sgd | – | ")
     assert table.splitlines()[3].startswith("| sam | rho=0.1 | ")
+    assert not any("finished before" in line for line in lines)
+    # Again: the finished runs are reused, and the progress lines say so.
+    again = []
+    assert comparison.compare(configs, progress=again.append)["rows"][1] == sam
+    assert all(line.endswith("not trained again)") for line in again), again
 
 
 def test_split_method_args_gives_each_method_the_keys_it_takes():
