@@ -329,6 +329,14 @@ def test_parse_method_args():
             ["--dataset=cifar10", "--data_dir={tmp}"],
             "run `tfds build cifar10 --data_dir=DIR`",
         ),
+        (
+            ["--model=resnet18", "--dataset=mnist1d"],
+            "train.py: error: `input_shape` for 'resnet18' must have rank 3",
+        ),
+        (
+            ["--augment=cutout", "--dataset=mnist1d"],
+            "train.py: error: `augment='cutout'` needs an image dataset",
+        ),
     ],
 )
 def test_bad_flags_exit_with_one_line(args, phrase, tmp_path):

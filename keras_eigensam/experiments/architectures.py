@@ -155,6 +155,25 @@ def _check_input_shape(input_shape):
     return tuple(int(dim) for dim in shape)
 
 
+#: The input ranks (without the batch axis) each architecture takes;
+#: absent: any.
+INPUT_RANKS = {
+    "resnet18": (3,),
+    "resnet34": (3,),
+    "resnet50": (3,),
+    "wrn28_10": (3,),
+    "cnn6": (1, 2, 3),
+    "small_cnn": (1, 2, 3),
+}
+
+
+def check_input(name, input_shape):
+    """Raises a ValueError if architecture `name` cannot take `input_shape`
+    (checked before anything is built or written)."""
+    if name in INPUT_RANKS:
+        _check_rank(name, tuple(input_shape), INPUT_RANKS[name])
+
+
 def _check_rank(name, input_shape, ranks):
     if len(input_shape) not in ranks:
         raise ValueError(
@@ -255,7 +274,7 @@ def _bottleneck_block(x, planes, stride, regularizer, name):
 
 
 def _cifar_resnet(name, block, blocks_per_stage, input_shape, num_classes, weight_decay):
-    _check_rank(name, input_shape, (3,))
+    check_input(name, input_shape)
     regularizer = _regularizer(weight_decay)
     inputs = keras.Input(shape=input_shape, name="inputs")
     x = _conv(64, 3, 1, regularizer, "stem_conv")(inputs)
@@ -315,7 +334,7 @@ def _wide_block(x, filters, stride, dropout, regularizer, name):
 
 
 def _wrn28_10(input_shape, num_classes, *, weight_decay=0.0, dropout=0.0):
-    _check_rank("wrn28_10", input_shape, (3,))
+    check_input("wrn28_10", input_shape)
     dropout = validation.check_number("dropout", dropout, minimum=0.0, maximum=1.0)
     if dropout >= 1.0:
         raise ValueError(
@@ -344,7 +363,7 @@ def _wrn28_10(input_shape, num_classes, *, weight_decay=0.0, dropout=0.0):
 
 
 def _cnn6(input_shape, num_classes, *, weight_decay=0.0, width=32, dense_units=256):
-    _check_rank("cnn6", input_shape, (1, 2, 3))
+    check_input("cnn6", input_shape)
     width = validation.check_int("width", width, minimum=1)
     dense_units = validation.check_int("dense_units", dense_units, minimum=1)
     regularizer = _regularizer(weight_decay)
@@ -387,7 +406,7 @@ def _mlp(input_shape, num_classes, *, weight_decay=0.0, hidden_units=(128, 128))
 
 
 def _small_cnn(input_shape, num_classes, *, weight_decay=0.0, filters=(16, 32, 64)):
-    _check_rank("small_cnn", input_shape, (1, 2, 3))
+    check_input("small_cnn", input_shape)
     filters = tuple(validation.check_int("filters", f, minimum=1) for f in filters)
     if not filters:
         raise ValueError("`filters` must not be empty. Received: filters=()")

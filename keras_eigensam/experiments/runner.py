@@ -30,6 +30,7 @@ temporary directory that is deleted at the end, and their backups to
 from the same epoch.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -191,6 +192,8 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
     # no run directory behind.
     train_ds, info, steps_per_epoch = _datasets(config, strategy, training=True)
     test_ds, _, _ = _datasets(config, strategy, training=False)
+    with _as_config_error():
+        architectures.check_input(config.model, info.input_shape)
 
     if is_chief:
         work_dir = run_dir
@@ -328,12 +331,13 @@ def build_model(config, info, steps_per_epoch, strategy):
     """
     config = config.resolved()
     with strategy.scope():
-        net = architectures.build(
-            config.model,
-            info.input_shape,
-            info.num_classes,
-            **optimizers.architecture_kwargs(config),
-        )
+        with _as_config_error():
+            net = architectures.build(
+                config.model,
+                info.input_shape,
+                info.num_classes,
+                **optimizers.architecture_kwargs(config),
+            )
         method = make_method(config)
         if method is None:
             model = net
@@ -353,21 +357,37 @@ def build_model(config, info, steps_per_epoch, strategy):
     return net, model
 
 
+@contextlib.contextmanager
+def _as_config_error():
+    """Settings that do not go together (a 2-D architecture on signals,
+    image augmentation of signals) are found where the data and the network
+    meet; they are configuration errors, reported as such by the scripts."""
+    try:
+        yield
+    except data.DatasetUnavailableError:
+        raise
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e)) from None
+
+
 def _datasets(config, strategy, *, training):
     """`(dataset, info, steps_per_epoch)` of the train or test split.
 
     One-hot labels; `steps_per_epoch` is `None` for the test split.
     """
-    ds, info = data.load(
-        config.dataset,
-        "train" if training else "test",
-        config.batch_size,
-        training=training,
-        data_dir=config.data_dir,
-        seed=config.seed,
-        num_replicas=strategy.num_replicas_in_sync,
-        augment=config.augment,
-    )
+    with _as_config_error():
+        ds, info = data.load(
+            config.dataset,
+            "train" if training else "test",
+            config.batch_size,
+            training=training,
+            data_dir=config.data_dir,
+            seed=config.seed,
+            num_replicas=strategy.num_replicas_in_sync,
+            augment=config.augment,
+        )
     steps = None
     if training:
         steps = info.num_examples // config.batch_size
