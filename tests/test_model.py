@@ -194,19 +194,7 @@ def test_replica_scope_matches_per_shard_numpy(mirrored_strategy):
     assert max(np.abs(a - b).max() for a, b in zip(expected, global_step)) > 1e-5
 
 
-# ---------------------------------------------------------------- XLA, mixed precision, NaN
-
-
-def test_jit_compile_matches_graph_mode():
-    x, y = tiny.data(n=32)
-    results = []
-    for jit in (False, True):
-        keras.utils.clear_session()
-        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.ASAM(rho=0.5))
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse", jit_compile=jit)
-        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-        results.append(tiny.weights_of(model))
-    tiny.assert_weights_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+# ---------------------------------------------------------------- mixed precision, NaN
 
 
 def test_mixed_float16_scales_loss_and_updates_at_full_size():
@@ -301,60 +289,10 @@ def test_get_config_round_trip(method):
     assert clone.model.get_config() == model.model.get_config()
 
 
-def test_backup_and_restore_resumes(tmp_path):
-    x, y = tiny.data(n=32)
-
-    class InterruptAt(keras.callbacks.Callback):
-        def __init__(self, epoch):
-            super().__init__()
-            self.epoch = epoch
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == self.epoch:
-                raise RuntimeError("interrupted")
-
-    def new_model():
-        keras.utils.clear_session()
-        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM(rho=0.1))
-        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
-        return model
-
-    fit = dict(batch_size=8, epochs=4, verbose=0, shuffle=False)
-    reference = new_model()
-    reference.fit(x, y, **fit)
-
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    interrupted = new_model()
-    with pytest.raises(RuntimeError, match="interrupted"):
-        interrupted.fit(x, y, callbacks=[backup, InterruptAt(2)], **fit)
-    resumed = new_model()
-    history = resumed.fit(x, y, callbacks=[backup], **fit)
-    assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
-    assert int(resumed.optimizer.iterations) == 16
-    tiny.assert_weights_close(tiny.weights_of(resumed), tiny.weights_of(reference))
-
-
-# ---------------------------------------------------------------- tracing
-
-
-def test_train_step_traced_once_per_fit():
-    traces = []
-
-    class Counting(ks.SharpnessAwareModel):
-        def train_step(self, data):
-            traces.append(1)
-            return super().train_step(data)
-
-    x, y = tiny.data(n=40)
-    model = Counting(tiny.mlp(), method=ks.SAM())
-    model.compile(optimizer="sgd", loss="mse")
-    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
-    assert len(traces) == 1
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
-    assert len(traces) == 1
-
-
 # ---------------------------------------------------------------- subclassing
+
+# BackupAndRestore, one trace per fit and XLA are checked for every method
+# by tests/methods/test_contract.py.
 
 
 def test_subclassed_model_equals_wrapped_model():
