@@ -388,3 +388,22 @@ def test_momentum_sam_without_momentum_names_the_optimizer():
     x, y = tiny.data(n=8)
     with pytest.raises(ValueError, match=r"momentum.*Received: optimizer=SGD\(momentum=0.0\)"):
         model.train_on_batch(x, y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_accumulation_trains_or_is_refused(name):
+    x, y = tiny.data(n=32)
+    method = _method(name)
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=method)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9, gradient_accumulation_steps=2),
+        loss="mse",
+    )
+    if not method.supports_gradient_accumulation:
+        with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2"):
+            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        return
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert int(model.optimizer.iterations) == 2  # optimizer steps, not batches
+    assert all(np.isfinite(w).all() for w in tiny.weights_of(model))
