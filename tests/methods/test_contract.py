@@ -87,7 +87,7 @@ def test_battery_arguments_name_registered_methods():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fit_is_traced_once_and_trains(name):
+def test_fit_is_traced_once_trains_and_tracks(name):
     traces = []
 
     class Counting(ks.SharpnessAwareModel):
@@ -106,7 +106,9 @@ def test_fit_is_traced_once_and_trains(name):
         keras.layers.Activation("tanh"),
         keras.layers.Dense(3, kernel_regularizer=l2),
     ])
-    model = Counting(net, method=_method(name))
+    # With the eigenvector tracker: it composes with every method.
+    method = _method(name, tracker=True, refresh_every=3, seed=0)
+    model = Counting(net, method=method)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
     before = tiny.weights_of(model)
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
@@ -116,19 +118,10 @@ def test_fit_is_traced_once_and_trains(name):
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert tiny.max_difference(tiny.weights_of(model), before) > 1e-4
     assert all(np.isfinite(s).all() for s in _state(model))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_tracker_composes_and_logs(name):
-    x, y = tiny.data(n=32)
-    method = _method(name, tracker=True, refresh_every=2, seed=0)
-    model = ks.SharpnessAwareModel(tiny.mlp(), method=method)
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     for metric in eigenvector_tracker.METRIC_NAMES:
         assert np.isfinite(history.history[metric]).all(), metric
     assert history.history["top_eigenvalue"][-1] != 0.0
-    assert int(method.tracker.num_refreshes) == 2  # steps 0 and 2
+    assert int(method.tracker.num_refreshes) == 4  # steps 0, 3, 6, 9 of 12
 
 
 # ------------------------------------------------------------ distribution
@@ -214,25 +207,7 @@ def test_non_finite_batch_changes_nothing(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_keras_file_round_trip_keeps_state(name, tmp_path):
-    x, y = tiny.data(n=24)
-    model = _model(name)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded.method) is type(model.method)
-    assert loaded.method.get_config() == model.method.get_config()
-    _assert_all_close(_state(loaded), _state(model), rtol=0, atol=0)
-    for m in (model, loaded):
-        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
-    _assert_all_close(
-        tiny.weights_of(loaded) + _state(loaded), tiny.weights_of(model) + _state(model)
-    )
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_backup_and_restore_resumes_with_method_state(name, tmp_path):
+def test_backup_and_restore_and_keras_file_keep_method_state(name, tmp_path):
     x, y = tiny.data(n=24)
 
     class InterruptAt(keras.callbacks.Callback):
@@ -257,6 +232,19 @@ def test_backup_and_restore_resumes_with_method_state(name, tmp_path):
     _assert_all_close(
         tiny.weights_of(resumed) + _state(resumed),
         tiny.weights_of(reference) + _state(reference),
+    )
+    # A `.keras` file keeps the method, its configuration and its state, and
+    # training goes on from it as from the model itself.
+    path = str(tmp_path / "m.keras")
+    reference.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.method) is type(reference.method)
+    assert loaded.method.get_config() == reference.method.get_config()
+    _assert_all_close(_state(loaded), _state(reference), rtol=0, atol=0)
+    for m in (reference, loaded):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    _assert_all_close(
+        tiny.weights_of(loaded) + _state(loaded), tiny.weights_of(reference) + _state(reference)
     )
 
 
