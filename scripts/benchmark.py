@@ -1,29 +1,64 @@
-r"""Step-time benchmarks of SGD and the SAM family, with tf_keras's SAM as incumbent.
+r"""Step-time and step-memory benchmarks of SGD and the SAM family, with
+tf_keras's SAM as incumbent.
 
 Times one training step (`train_on_batch` on a fixed batch, through Keras's
-compiled train function) of every method on the same architecture, warm-up
-excluded, the methods interleaved round by round so that machine noise hits
-all of them alike, and reports medians and ratios to SGD. The methods are
-`sgd` and those of `keras_eigensam.methods.registry`, with their default
-arguments; those that refresh an eigenvector (Eigen-SAM, X-SAM) are timed
-separately on steps with and without a refresh (the step counter is set
-before each step), and their cost at a refresh period `k` is amortised as
-`t_plain + (t_refresh − t_plain) / k`.
+compiled train function) of every method on the same architecture and the
+same optimizer (`SGD(0.01, momentum=0.9)`: Momentum-SAM perturbs along its
+momentum), with and without XLA (`--xla=both`), warm-up excluded. Every
+(method, XLA mode) pair is timed in every round, in an order rotated from
+round to round, so that machine noise hits all of them alike; the report
+gives medians and ratios to SGD and to SAM in the same XLA mode. The methods
+are `sgd` and those of `keras_eigensam.methods.registry`, with their default
+arguments.
+
+Methods whose cost changes from step to step are timed on each kind of step
+separately (the optimizer's step counter is set before each step) and
+amortised over their period:
+
+- Eigen-SAM, X-SAM (an eigenvector refresh when `iterations % k == 0`):
+  `t_plain + (t_refresh − t_plain)/k`, for each of `--refresh_periods` and
+  the method's own `refresh_every`;
+- LookSAM (a SAM step when `iterations % k == 0`, one pass otherwise):
+  `(t_on + (k − 1)·t_off)/k` at the method's `k`.
+
+Those kinds of step run their extra passes inside a conditional, and on CPU
+XLA runs the convolution gradients inside a conditional far slower than
+outside one (a ResNet-18 LookSAM SAM step takes minutes): `--xla_skip` leaves
+such kinds of step out of the XLA timings, and their methods' amortised XLA
+figures with them.
+
+Peak step memory (`--memory`, without XLA unless `--memory_xla`): for each
+method a fresh process builds the model, takes warm-up steps, and records
+the process's peak resident memory during a step above its resident memory
+just before it. The peak is the
+kernel's high-water mark (`VmHWM`), reset before each step through
+`/proc/self/clear_refs`; glibc is told to hand freed blocks back to the
+system (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) so the level
+before a step is the live memory, not the allocator's cache. Where the mark
+cannot be reset, each figure gets its own process and the peak is
+`ru_maxrss`, which then also holds the warm-up steps (an upper bound).
 
 tf_keras's `SharpnessAwareMinimization` (Keras 2) is timed in its own process
 on the same architecture (built by the same code with tf_keras's layers), with
 its own SGD baseline, so its ratio is measured like ours.
 
-Results go to `<output_dir>/steps.json` and `<output_dir>/steps.md`, and
-`<output_dir>/RESULTS.md` is rebuilt from every `*.md` section there.
+Results go to `<output_dir>/steps.json` and `<output_dir>/steps.md` (`--output_name`),
+and `<output_dir>/RESULTS.md` is rebuilt from every `*.md` section there;
+`--markdown_only` rewrites the tables from the JSON.
 
     python scripts/benchmark.py --model=resnet18 --batch_size=128
-    python scripts/benchmark.py --model=small_cnn --rounds=2 --steps_per_round=2
+    python scripts/benchmark.py --model=resnet18 --batch_size=64 --rounds=3 \
+        --steps_per_round=1 --warmup=1 --notf_keras \
+        --xla_skip=looksam_on_step,eigensam_refresh,xsam_refresh   # 2 CPUs, ~1 h
+    python scripts/benchmark.py --model=small_cnn --rounds=2 --steps_per_round=2 --xla=off
     python scripts/benchmark.py --suites=steps,hvp,eigenvector   # everything
 """
 
 import json
 import os
+import platform
+import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -45,32 +80,117 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_list("input_shape", ["32", "32", "3"], "Input shape.")
 flags.DEFINE_integer("num_classes", 10, "Number of classes.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
-flags.DEFINE_integer("steps_per_round", 3, "Timed steps per method per round.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps per method before timing.")
+flags.DEFINE_integer(
+    "steps_per_round", 3,
+    "Timed steps per (method, XLA mode, kind of step) per round; a refresh step is timed "
+    "once per round.",
+)
+flags.DEFINE_integer(
+    "warmup", 2,
+    "Untimed steps per (method, XLA mode, kind of step) before timing (a refresh: 1; the "
+    "first kind of step of each model: at least 1, its first call traces the step).",
+)
 flags.DEFINE_list("methods", list(config.METHODS), "Methods to time (sgd first).")
-flags.DEFINE_list("refresh_periods", ["100", "5"], "k for the amortised figures.")
+flags.DEFINE_list("refresh_periods", ["100", "5"], "k for the amortised Eigen-SAM / X-SAM figures.")
 flags.DEFINE_integer("num_matvecs", 5, "Hessian-vector products per eigenvector refresh.")
 flags.DEFINE_enum(
     "hvp_mode", "reverse_over_reverse",
     ["reverse_over_reverse", "forward_over_backward"], "HVP mode of the refresh.",
 )
-flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_enum(
+    "xla", "both", ["both", "on", "off"],
+    "Compile the train step with XLA (on), without (off), or time both, interleaved (both).",
+)
+flags.DEFINE_list(
+    "xla_skip", [],
+    "Kinds of step not timed with XLA (labels as in the tables: looksam_on_step, "
+    "eigensam_refresh, ...). On CPU, XLA runs the convolution gradients of a step taken "
+    "inside a conditional (LookSAM's SAM step, a refresh) 5-50x slower than outside one.",
+)
+flags.DEFINE_boolean(
+    "memory", True, "Also measure each method's peak step memory (a fresh process per method)."
+)
+flags.DEFINE_list(
+    "memory_methods", [], "Methods whose memory is measured (default: every method timed)."
+)
+flags.DEFINE_boolean("memory_xla", False, "Measure the step memory with XLA (default: without).")
+flags.DEFINE_integer("memory_warmup", 1, "Untimed steps before the memory is measured (at least 1).")
 flags.DEFINE_boolean("tf_keras", True, "Also time tf_keras's SAM in a subprocess.")
 flags.DEFINE_string("output_dir", "benchmarks", "Where results are written.")
+flags.DEFINE_string("output_name", "steps", "Results go to <output_dir>/<output_name>.{json,md}.")
+flags.DEFINE_boolean(
+    "markdown_only", False,
+    "Only rewrite <output_name>.md (and RESULTS.md) from <output_name>.json (its "
+    "headline and expectations recomputed).",
+)
 flags.DEFINE_list(
     "suites", ["steps"],
     "What to run: steps (this script's step times), hvp (scripts/benchmark_hessian.py "
     "with its defaults), eigenvector (scripts/benchmark_eigenvector.py).",
 )
-flags.DEFINE_enum("worker", None, ["tf_keras"], "Internal: run as a worker process.")
+flags.DEFINE_enum("worker", None, ["tf_keras", "memory"], "Internal: run as a worker process.")
+flags.DEFINE_string("worker_method", None, "Internal: the memory worker's method.")
+flags.DEFINE_string("worker_label", None, "Internal: the one figure a memory worker measures.")
 
 _OTHER_SUITES = {"hvp": "benchmark_hessian.py", "eigenvector": "benchmark_eigenvector.py"}
+_MODES = {"both": (True, False), "on": (True,), "off": (False,)}
+# The expectations of issue #10: (method, reference, bound, strict).
+_EXPECTATIONS = (
+    ("gsam", "sam", 1.03, False),
+    ("wsam", "sam", 1.03, False),
+    ("friendlysam", "sam", 1.03, False),
+    ("looksam", "sgd", 1.25, False),
+    ("esam", "sam", 1.0, True),
+    ("momentumsam", "sgd", 1.1, False),
+)
+# glibc: serve blocks of 64 KiB and more with mmap (unmapped when freed) and
+# trim the heap at every free, so that resident memory follows live memory.
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+# The first call of the train function traces (and compiles) it and creates
+# the optimizer's slots: the first kind of step of every model is warmed up
+# at least once, also for the memory figures.
+_MIN_WARMUP = 1
+_MODEL_FLAGS = ("model", "batch_size", "input_shape", "num_classes", "num_matvecs", "hvp_mode")
+
+
+def _mode(jit_compile):
+    return "xla" if jit_compile else "no_xla"
+
+
+def _log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _versions():
     from keras_eigensam.experiments import results
 
-    return {**results.versions(), "device": results.cpu_name()}
+    return results.versions()
+
+
+def _machine():
+    total = None
+    try:
+        with open("/proc/meminfo") as f:
+            total = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    from keras_eigensam.experiments import results
+
+    return {
+        "cpu": results.cpu_name(),
+        "cpus": os.cpu_count(),
+        "memory_gib": total,
+        "platform": platform.platform(),
+    }
+
+
+def _command_line():
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), _repo_root())
+    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def _repo_root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _batch():
@@ -86,6 +206,8 @@ def _batch():
 def _make_method(name):
     """The method with its defaults; one that refreshes an eigenvector with
     the flags' refresh settings."""
+    if name == "sgd":
+        return None
     method = registry.create(name)
     if _refreshes(method):
         method = registry.create(
@@ -98,7 +220,29 @@ def _refreshes(method):
     return bool(method is not None and method.metric_names)
 
 
-def _build(name):
+def _sam_period(method):
+    """`k` of a method that takes a SAM step every `k` steps and one pass on
+    the others (LookSAM), else None."""
+    if isinstance(method, registry.get("looksam").cls) and method.k > 1:
+        return method.k
+    return None
+
+
+def _variants(name, method):
+    """The kinds of step of a method: (label, iteration to set before each
+    step or None, timed steps per round)."""
+    if _refreshes(method):
+        # A refresh when iterations % k == 0: with k > 1, 1 is a plain step.
+        return [(name, 1, FLAGS.steps_per_round), (f"{name}_refresh", 0, 1)]
+    if _sam_period(method):
+        return [
+            (f"{name}_off_step", 1, FLAGS.steps_per_round),
+            (f"{name}_on_step", 0, FLAGS.steps_per_round),
+        ]
+    return [(name, None, FLAGS.steps_per_round)]
+
+
+def _build(name, jit_compile):
     import keras
 
     import keras_eigensam as ks
@@ -106,66 +250,182 @@ def _build(name):
 
     shape = tuple(int(s) for s in FLAGS.input_shape)
     net = architectures.build(FLAGS.model, shape, FLAGS.num_classes)
-    model = net if name == "sgd" else ks.SharpnessAwareModel(net, method=_make_method(name))
+    method = _make_method(name)
+    model = net if method is None else ks.SharpnessAwareModel(net, method=method)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=FLAGS.jit_compile,
+        jit_compile=jit_compile,
     )
-    return model
+    return model, method
 
 
-def _time(model, x, y, steps, iteration=None):
-    times = []
-    for _ in range(steps):
-        if iteration is not None:
-            model.optimizer.iterations.assign(iteration)
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return times
+def _step(model, x, y, iteration=None):
+    if iteration is not None:
+        model.optimizer.iterations.assign(iteration)
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    return time.perf_counter() - start
 
 
-def _variants(method, model):
-    """(label, iteration to set before each step or None)."""
-    if _refreshes(getattr(model, "method", None)):
-        # A refresh when iterations % k == 0: with k > 1, 1 is a plain step.
-        return [(method, 1), (f"{method}_refresh", 0)]
-    return [(method, None)]
+def _interleaved(build, names, modes, x, y):
+    """Times every (method, mode, kind of step), interleaved.
 
+    Returns `(samples, rounds)`: `samples[mode][label]` every timed step,
+    `rounds[mode][label]` the median of each round.
+    """
+    import keras
 
-def _peak_step_memory_mb(model, x, y, iteration):
-    """Peak of TensorFlow's CPU allocator during one step, above its level
-    before the step (activations, gradients, perturbed copies, HVP buffers)."""
-    import tensorflow as tf
-
-    try:
-        tf.config.experimental.reset_memory_stats("CPU:0")
-        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-        _time(model, x, y, 1, iteration)
-        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    except (ValueError, RuntimeError):  # no allocator statistics on this device
-        return None
-    return (peak - before) / 2**20
-
-
-def _interleaved(builders, x, y, memory=None):
+    # Once: setting the seed makes every traced function trace again at its
+    # next call (which would then be timed).
+    keras.utils.set_random_seed(0)
+    units = []
     models = {}
-    for method in FLAGS.methods:
-        models[method] = builders(method)
-        for label, iteration in _variants(method, models[method]):
-            _time(models[method], x, y, FLAGS.warmup, iteration)
-            if memory is not None:
-                memory[label] = _peak_step_memory_mb(models[method], x, y, iteration)
-    samples = {
-        label: [] for m in FLAGS.methods for label, _ in _variants(m, models[m])
-    }
-    for _ in range(FLAGS.rounds):
-        for method in FLAGS.methods:
-            for label, iteration in _variants(method, models[method]):
-                steps = FLAGS.steps_per_round if iteration != 0 else 1
-                samples[label] += _time(models[method], x, y, steps, iteration)
-    return samples
+    for name in names:
+        for jit_compile in modes:
+            start = time.perf_counter()
+            model, method = build(name, jit_compile)
+            models[name, jit_compile] = model
+            first = True
+            for label, iteration, steps in _variants(name, method):
+                if jit_compile and label in FLAGS.xla_skip:
+                    continue
+                units.append((jit_compile, name, label, iteration, steps))
+                # A once-per-round kind of step (a refresh) is warmed up once
+                # at most; the first kind at least once (see _MIN_WARMUP).
+                warmup = FLAGS.warmup if steps > 1 else min(FLAGS.warmup, 1)
+                for _ in range(max(warmup, _MIN_WARMUP) if first else warmup):
+                    _step(model, x, y, iteration)
+                first = False
+            _log(
+                f"built and warmed up {name} ({_mode(jit_compile)}) in "
+                f"{time.perf_counter() - start:.0f} s"
+            )
+    samples = {_mode(m): {} for m in modes}
+    per_round = {_mode(m): {} for m in modes}
+    for r in range(FLAGS.rounds):
+        shift = (r * len(units)) // FLAGS.rounds
+        for jit_compile, name, label, iteration, steps in units[shift:] + units[:shift]:
+            times = [
+                _step(models[name, jit_compile], x, y, iteration) for _ in range(steps)
+            ]
+            samples[_mode(jit_compile)].setdefault(label, []).extend(times)
+            per_round[_mode(jit_compile)].setdefault(label, []).append(
+                statistics.median(times)
+            )
+        _log(
+            f"round {r + 1}/{FLAGS.rounds}: "
+            + ", ".join(
+                f"{label}[{mode}] {values[-1]:.3f}"
+                for mode, labels in per_round.items()
+                for label, values in labels.items()
+            )
+        )
+    return samples, per_round
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**10
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak():
+    """Resets the kernel's resident high-water mark; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return abs(_status_mib("VmHWM") - _rss_mib()) < 64
+    except OSError:
+        return False
+
+
+def _peak_mib(resettable):
+    if resettable:
+        return _status_mib("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def _memory_worker():
+    """Peak resident memory of each kind of step of one method above the
+    level before it; prints JSON."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x, y = _batch()
+    model, method = _build(FLAGS.worker_method, FLAGS.memory_xla)
+    variants = _variants(FLAGS.worker_method, method)
+    if FLAGS.worker_label:
+        variants = [v for v in variants if v[0] == FLAGS.worker_label]
+    # Warm-up on the cheapest kind of step: it traces (and compiles) the step
+    # for every kind, and creates the optimizer's slots.
+    for _ in range(max(FLAGS.memory_warmup, _MIN_WARMUP)):
+        _step(model, x, y, variants[0][1])
+    resettable = True
+    figures = {}
+    for label, iteration, _ in variants:  # cheapest first: ru_maxrss only grows
+        resettable = resettable and _reset_peak()
+        before = _rss_mib()
+        _step(model, x, y, iteration)
+        figures[label] = {"peak_mib": _peak_mib(resettable) - before, "before_mib": before}
+    how = "VmHWM reset before the step" if resettable else "ru_maxrss (warm-up included)"
+    print("RESULT " + json.dumps({"figures": figures, "how": how}))
+
+
+def _run_worker(args, env=None):
+    cmd = [sys.executable, os.path.abspath(__file__)] + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail)}
+
+
+def _memory(names):
+    """`{label: {peak_mib, before_mib}}` of every kind of step, a fresh
+    process per method (per figure where the peak cannot be reset)."""
+    env = dict(os.environ, **_MALLOC_ENV)
+    common = [FLAGS[n].serialize() for n in _MODEL_FLAGS] + [
+        FLAGS["memory_xla"].serialize(), FLAGS["memory_warmup"].serialize(),
+    ]
+    per_figure = not _reset_peak()
+    figures, notes = {}, {}
+    for name in names:
+        labels = [None]
+        if per_figure:
+            labels = [label for label, _, _ in _variants(name, _make_method(name))]
+        for label in labels:
+            start = time.perf_counter()
+            args = ["--worker=memory", f"--worker_method={name}"] + common
+            if label:
+                args.append(f"--worker_label={label}")
+            result = _run_worker(args, env)
+            if "error" in result:
+                notes[label or name] = result["error"]
+                _log(f"memory of {label or name} failed: {result['error']}")
+                continue
+            figures.update(result["figures"])
+            notes["how"] = result["how"]
+            _log(
+                f"memory of {label or name}: "
+                + ", ".join(f"{k} {v['peak_mib']:.0f} MiB" for k, v in result["figures"].items())
+                + f" ({time.perf_counter() - start:.0f} s)"
+            )
+    return figures, notes
+
+
+# ---------------------------------------------------------------- tf_keras
 
 
 def _tf_keras_worker():
@@ -188,7 +448,7 @@ def _tf_keras_worker():
     x, y = _batch()
     shape = tuple(int(s) for s in FLAGS.input_shape)
 
-    def build(name):
+    def build(name, jit_compile):
         net = architectures.build(FLAGS.model, shape, FLAGS.num_classes)
         model = net
         if name == "sam":
@@ -196,121 +456,401 @@ def _tf_keras_worker():
         model.compile(
             optimizer=tf_keras.optimizers.SGD(0.01, momentum=0.9),
             loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=FLAGS.jit_compile,
+            jit_compile=jit_compile,
         )
-        return model
+        return model, None
 
-    FLAGS.methods = ["sgd", "sam"]
-    samples = _interleaved(build, x, y)
+    samples, _ = _interleaved(build, ["sgd", "sam"], _MODES[FLAGS.xla], x, y)
     print("RESULT " + json.dumps({"samples": samples, "tf_keras": tf_keras.__version__}))
 
 
 def _run_tf_keras():
-    cmd = [sys.executable, __file__, "--worker=tf_keras"] + [
-        FLAGS[name].serialize()
-        for name in ("model", "batch_size", "input_shape", "num_classes", "rounds",
-                     "steps_per_round", "warmup", "jit_compile")
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": " | ".join(tail)}
+    return _run_worker(
+        ["--worker=tf_keras"]
+        + [FLAGS[name].serialize()
+           for name in ("model", "batch_size", "input_shape", "num_classes", "rounds",
+                        "steps_per_round", "warmup", "xla")]
+    )
 
 
-def _summary(samples, memory=None):
+# ----------------------------------------------------------------- summary
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _summary(samples, per_round=None):
+    """Per label: median, steps, × SGD, × SAM (same mode), and the ratio to
+    SGD within each round."""
     medians = {label: statistics.median(times) for label, times in samples.items()}
-    sgd = medians.get("sgd")
     rows = {}
     for label, median in medians.items():
         rows[label] = {
             "median_s": median,
             "n": len(samples[label]),
-            "ratio_to_sgd": median / sgd if sgd else None,
-            "peak_step_memory_mb": (memory or {}).get(label),
+            "min_s": min(samples[label]),
+            "max_s": max(samples[label]),
+            "ratio_to_sgd": _ratio(median, medians.get("sgd")),
+            "ratio_to_sam": _ratio(median, medians.get("sam")),
         }
+        if per_round and "sgd" in per_round:
+            rows[label]["ratio_to_sgd_per_round"] = [
+                a / b for a, b in zip(per_round[label], per_round["sgd"])
+            ]
     return rows
 
 
-def _amortised(rows):
+def _amortised(rows, methods):
+    """Eigen-SAM / X-SAM at each refresh period (and their own), LookSAM at
+    its `k`: `{label: {step_s, ratio_to_sgd, ratio_to_sam, ...}}`."""
     out = {}
     sgd = rows["sgd"]["median_s"]
-    for method in FLAGS.methods:
-        if f"{method}_refresh" not in rows:
-            continue
-        plain = rows[method]["median_s"]
-        refresh = rows[f"{method}_refresh"]["median_s"]
-        extra = refresh - plain
-        for k in (int(k) for k in FLAGS.refresh_periods):
-            step = plain + extra / k
-            out[f"{method}@k={k}"] = {
-                "amortised_step_s": step,
-                "ratio_to_sgd": step / sgd,
-                "ratio_to_sam": step / rows["sam"]["median_s"] if "sam" in rows else None,
-                "refresh_cost_in_gradients": extra / sgd,
+    sam = rows["sam"]["median_s"] if "sam" in rows else None
+    for name, method in methods.items():
+        if _refreshes(method) and f"{name}_refresh" in rows:
+            plain = rows[name]["median_s"]
+            extra = rows[f"{name}_refresh"]["median_s"] - plain
+            periods = [int(k) for k in FLAGS.refresh_periods]
+            own = method.tracker.refresh_every
+            for k in dict.fromkeys(periods + [own]):
+                out[f"{name}@k={k}"] = {
+                    "method": name,
+                    "k": k,
+                    "default_k": k == own,
+                    "step_s": plain + extra / k,
+                    "refresh_cost_in_gradients": extra / sgd,
+                }
+        elif _sam_period(method) and f"{name}_on_step" in rows:
+            k = _sam_period(method)
+            on, off = rows[f"{name}_on_step"]["median_s"], rows[f"{name}_off_step"]["median_s"]
+            out[f"{name}@k={k}"] = {
+                "method": name,
+                "k": k,
+                "default_k": True,
+                "step_s": (on + (k - 1) * off) / k,
             }
+    for row in out.values():
+        row["ratio_to_sgd"] = row["step_s"] / sgd
+        row["ratio_to_sam"] = _ratio(row["step_s"], sam)
     return out
 
 
+def _headline(result):
+    """One row per method: its step (amortised at its own period where it
+    has one) in each mode, passes, peak memory."""
+    rows = []
+    memory = result.get("memory") or {}
+    sam_memory = _method_memory(memory, "sam", result)
+    for name in result["methods"]:
+        row = {
+            "method": name,
+            "passes": "1" if name == "sgd" else registry.get(name).passes,
+            "label": name,
+        }
+        for mode, figures in result["modes"].items():
+            # A method with several kinds of step has only an amortised figure.
+            step = figures["steps"].get(name) if len(result["variants"][name]) == 1 else None
+            for label, amortised in figures["amortised"].items():
+                if amortised["method"] == name and amortised["default_k"]:
+                    row["label"], step = label, {
+                        "median_s": amortised["step_s"], **amortised
+                    }
+            row[mode] = step and {
+                "step_s": step["median_s"],
+                "ratio_to_sgd": step["ratio_to_sgd"],
+                "ratio_to_sam": step["ratio_to_sam"],
+            }
+        mib = _method_memory(memory, name, result)
+        row["peak_step_memory_mib"] = mib
+        row["memory_ratio_to_sam"] = _ratio(mib, sam_memory)
+        rows.append(row)
+    return rows
+
+
+def _method_memory(memory, name, result):
+    """The largest peak over the method's kinds of step."""
+    labels = result["variants"].get(name, [name])
+    values = [memory[label]["peak_mib"] for label in labels if label in memory]
+    return max(values) if values else None
+
+
+def _noise(result):
+    """Per mode, the median over kinds of step of the half-spread of their
+    per-round ratios to SGD, relative to their median: how far a ratio moves
+    with the machine's load from round to round."""
+    out = {}
+    for mode, figures in result["modes"].items():
+        spreads = [
+            (max(r) - min(r)) / (2 * statistics.median(r))
+            for label, row in figures["steps"].items()
+            if label != "sgd" and len(r := row.get("ratio_to_sgd_per_round", [])) > 1
+        ]
+        out[mode] = statistics.median(spreads) if spreads else None
+    return out
+
+
+def _expectations(headline, noise=None):
+    """Each expectation of issue #10 in each mode: the ratio, whether it is
+    met, and whether it is closer to the bound than the round-to-round noise."""
+    noise = noise or {}
+    by_name = {row["method"]: row for row in headline}
+    out = []
+    for name, reference, bound, strict in _EXPECTATIONS:
+        if name not in by_name or reference not in by_name:
+            continue
+        row = {
+            "method": name,
+            "expectation": f"{'<' if strict else '≤'} {bound:g} × {reference.upper()}",
+        }
+        for mode in ("xla", "no_xla"):
+            figures = by_name[name].get(mode)
+            if not figures:
+                continue
+            value = figures[f"ratio_to_{reference}"]
+            row[mode] = {
+                "value": value,
+                "met": value is not None and (value < bound if strict else value <= bound),
+                "within_noise": bool(
+                    value is not None and noise.get(mode)
+                    and abs(value / bound - 1) < noise[mode]
+                ),
+            }
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _ms(seconds):
+    if seconds is None:
+        return "–"
+    return f"{1000 * seconds:.0f}" if seconds >= 0.1 else f"{1000 * seconds:.1f}"
+
+
+def _x(ratio, digits=2):
+    return "–" if ratio is None else f"{ratio:.{digits}f}"
+
+
+def _union(dicts):
+    """The keys of `dicts`, first seen first."""
+    return list(dict.fromkeys(key for d in dicts for key in d))
+
+
 def _markdown(result):
+    modes = list(result["modes"])  # xla first
+    names = {"xla": "XLA", "no_xla": "no XLA"}
+    machine = result["machine"]
     lines = [
-        "## Step time: SGD and the SAM family",
+        f"## Step time{' and memory' if result.get('memory') else ''}: SGD and the SAM "
+        f"family ({result['model']}, batch {result['batch_size']})",
         "",
-        f"{result['model']}, batch {result['batch_size']}, input {result['input_shape']}, "
-        f"jit_compile={result['jit_compile']}; median of {result['rounds']} interleaved rounds "
-        f"× {result['steps_per_round']} steps after {result['warmup']} warm-up steps "
-        f"(refresh steps: 1 per round). One SGD step ≈ one gradient.",
-        f"Versions: {result['versions']}",
+        f"{result['model']}, batch {result['batch_size']}, input "
+        f"{'×'.join(result['input_shape'])}, `SGD(0.01, momentum=0.9)`, every method with "
+        f"its defaults; {' and '.join(names[m] for m in modes)} "
+        f"(`jit_compile`), interleaved: each of {result['rounds']} rounds times every "
+        f"(method, mode, kind of step) for {result['steps_per_round']} steps (refresh steps: "
+        f"1) in an order rotated from round to round, after {result['warmup']} warm-up "
+        "steps (refresh: at most 1). "
+        "Medians; × SGD and × SAM in the same mode. One SGD step ≈ one pass.",
         "",
-        "Peak memory: TensorFlow's CPU allocator during one step above its level before the "
-        "step (activations, gradients, perturbed copies, HVP buffers; weights excluded).",
+        f"Machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB, "
+        f"{machine['platform']}; shared with other work (load average "
+        f"{result['load_average'][0]:.1f} at the start, {result['load_average'][1]:.1f} at "
+        f"the end); wall time {result['wall_s'] / 60:.0f} min.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in result['versions'].items())}.",
         "",
-        "| step | median (s) | steps | × SGD | peak step memory (MB) |",
-        "|---|---|---|---|---|",
+        f"`{result['command']}`",
+        "",
     ]
-    for label, row in result["steps"].items():
-        memory = row.get("peak_step_memory_mb")
-        memory = "n/a" if memory is None else f"{memory:.1f}"
-        lines.append(
-            f"| {label} | {row['median_s']:.3f} | {row['n']} | {row['ratio_to_sgd']:.2f} | {memory} |"
-        )
-    if result["amortised"]:
+    header = "| method | passes per step |"
+    rule = "|---|---|"
+    for mode in modes:
+        header += f" {names[mode]} ms | {names[mode]} × SGD | {names[mode]} × SAM |"
+        rule += "---|---|---|"
+    has_memory = bool(result.get("memory"))
+    if has_memory:
+        header += " peak step memory (MiB) | memory × SAM |"
+        rule += "---|---|"
+    lines += [header, rule]
+    for row in result["headline"]:
+        cells = [f"{row['label']}", row["passes"]]
+        for mode in modes:
+            figures = row.get(mode) or {}
+            cells += [
+                _ms(figures.get("step_s")),
+                _x(figures.get("ratio_to_sgd")),
+                _x(figures.get("ratio_to_sam")),
+            ]
+        if has_memory:
+            mib = row["peak_step_memory_mib"]
+            cells += ["–" if mib is None else f"{mib:.0f}", _x(row["memory_ratio_to_sam"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Eigen-SAM and X-SAM are amortised over their own `refresh_every` "
+        f"(`t_plain + (t_refresh − t_plain)/k`, {result['num_matvecs']} Hessian-vector "
+        f"products per refresh, {result['hvp_mode']}); LookSAM over its `k` "
+        "(`(t_on + (k−1)·t_off)/k`). Passes per step: the method table's.",
+    ]
+    if result["xla_skip"] and "xla" in modes:
         lines += [
             "",
-            f"Amortised steps of the methods that refresh an eigenvector "
-            f"({result['num_matvecs']} Hessian-vector products, "
-            f"{result['hvp_mode']}): `t_plain + (t_refresh − t_plain)/k`.",
-            "",
-            "| method | step (s) | × SGD | × SAM | one refresh, in gradients |",
-            "|---|---|---|---|---|",
+            "Not timed with XLA (`--xla_skip`): "
+            + ", ".join(f"`{label}`" for label in result["xla_skip"])
+            + ", so their methods have no amortised XLA figure (–). On CPU, XLA runs the "
+            "convolution gradients of a step taken inside a conditional (LookSAM's SAM step, "
+            "an eigenvector refresh) 5-50× slower than outside one: it leaves their "
+            "convolutions in a layout its convolution library does not take and emits "
+            "naive loops for them.",
         ]
-        for label, row in result["amortised"].items():
-            lines.append(
-                f"| {label} | {row['amortised_step_s']:.3f} | {row['ratio_to_sgd']:.3f} | "
-                f"{row['ratio_to_sam']:.3f} | {row['refresh_cost_in_gradients']:.1f} |"
+    if has_memory:
+        mode = "XLA" if result["memory_xla"] else "without XLA"
+        lines += [
+            "",
+            f"Peak step memory ({mode}; {result['memory_notes'].get('how', '')}): the "
+            "process's peak resident memory during one step above its resident memory "
+            "before the step, in a fresh process per method after "
+            f"{max(result['memory_warmup'], _MIN_WARMUP)} warm-up step(s), glibc returning freed "
+            "blocks "
+            "(activations, gradients, perturbed weights, HVP buffers; weights and optimizer "
+            "state excluded); the largest over the method's kinds of step.",
+        ]
+    if result["expectations"]:
+        lines += [
+            "",
+            "Expectations (issue #10); *within noise*: the ratio is closer to the bound "
+            "than the round-to-round noise, the median half-spread of a step's per-round × "
+            "SGD relative to its median ("
+            + ", ".join(
+                f"{names[m]} ±{100 * result['noise'][m]:.0f}%"
+                for m in modes if (result.get("noise") or {}).get(m) is not None
             )
+            + "):",
+            "",
+            "| method | expected | " + " | ".join(names[m] for m in modes) + " |",
+            "|---|---|" + "---|" * len(modes),
+        ]
+        for row in result["expectations"]:
+            cells = [row["method"], row["expectation"]]
+            for mode in modes:
+                check = row.get(mode)
+                verdict = "met" if check and check["met"] else "**missed**"
+                if check and check.get("within_noise"):
+                    verdict += " (within noise)"
+                cells.append("–" if not check else f"{_x(check['value'], 3)} {verdict}")
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Every kind of step (refresh: an eigenvector refresh step; on/off step: LookSAM's "
+        "SAM step and its one-pass step), median ms (min–max), steps timed, × SGD, × SAM, "
+        "and × SGD within each round:",
+        "",
+        "| step | " + " | ".join(
+            f"{names[m]} ms | n | × SGD | × SAM | × SGD per round" for m in modes
+        ) + " |",
+        "|---|" + "---|---|---|---|---|" * len(modes),
+    ]
+    for label in _union(result["modes"][m]["steps"] for m in modes):
+        cells = [label]
+        for mode in modes:
+            row = result["modes"][mode]["steps"].get(label)
+            if row is None:
+                cells += ["–"] * 5
+                continue
+            cells += [
+                f"{_ms(row['median_s'])} ({_ms(row['min_s'])}–{_ms(row['max_s'])})",
+                str(row["n"]),
+                _x(row["ratio_to_sgd"]),
+                _x(row["ratio_to_sam"]),
+                ", ".join(_x(r) for r in row.get("ratio_to_sgd_per_round", [])),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    amortised = {}
+    for mode in modes:
+        for label, row in result["modes"][mode]["amortised"].items():
+            amortised.setdefault(label, row)
+    if amortised:
+        lines += [
+            "",
+            "Amortised steps (`*`: the method's own period):",
+            "",
+            "| method | " + " | ".join(f"{names[m]} ms | × SGD | × SAM" for m in modes)
+            + " | one refresh, in SGD steps |",
+            "|---|" + "---|---|---|" * len(modes) + "---|",
+        ]
+        for label, first in amortised.items():
+            cells = [label + (" *" if first["default_k"] else "")]
+            for mode in modes:
+                row = result["modes"][mode]["amortised"].get(label, {})
+                cells += [
+                    _ms(row.get("step_s")),
+                    _x(row.get("ratio_to_sgd"), 3),
+                    _x(row.get("ratio_to_sam"), 3),
+                ]
+            cost = [
+                result["modes"][m]["amortised"].get(label, {}).get("refresh_cost_in_gradients")
+                for m in modes
+            ]
+            cells.append(" / ".join(_x(c, 1) for c in cost) if any(cost) else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    if has_memory:
+        lines += [
+            "",
+            "Peak step memory of every kind of step (MiB above the level before the step; "
+            "level before):",
+            "",
+            "| step | peak (MiB) | × SAM | before (MiB) |",
+            "|---|---|---|---|",
+        ]
+        sam = (result["memory"].get("sam") or {}).get("peak_mib")
+        for label, row in result["memory"].items():
+            lines.append(
+                f"| {label} | {row['peak_mib']:.0f} | {_x(_ratio(row['peak_mib'], sam))} | "
+                f"{row['before_mib']:.0f} |"
+            )
+        for label, note in result["memory_notes"].items():
+            if label != "how":
+                lines.append(f"\n{label}: memory not measured: {note}")
     tk = result.get("tf_keras")
     if tk:
         lines.append("")
         if "error" in tk:
             lines.append(f"tf_keras's SAM could not be timed: {tk['error']}")
         else:
-            rows = _summary(tk["samples"])
-            lines.append(
-                f"tf_keras {tk['tf_keras']} `SharpnessAwareMinimization` (own process, own "
-                f"SGD baseline): SGD {rows['sgd']['median_s']:.3f} s, SAM "
-                f"{rows['sam']['median_s']:.3f} s, **{rows['sam']['ratio_to_sgd']:.2f} × SGD** "
-                f"(ours: {result['steps']['sam']['ratio_to_sgd']:.2f} × SGD)."
-                if "sam" in result["steps"] else ""
-            )
-    return "\n".join(lines) + "\n"
+            for mode, samples in tk["samples"].items():
+                rows = _summary(samples)
+                ours = result["modes"].get(mode, {}).get("steps", {}).get("sam")
+                lines.append(
+                    f"tf_keras {tk['tf_keras']} `SharpnessAwareMinimization`, {names[mode]} "
+                    f"(own process, own SGD baseline): SGD {_ms(rows['sgd']['median_s'])} ms, "
+                    f"SAM {_ms(rows['sam']['median_s'])} ms, "
+                    f"**{rows['sam']['ratio_to_sgd']:.2f} × SGD**"
+                    + (f" (ours: {ours['ratio_to_sgd']:.2f} × SGD)." if ours else ".")
+                )
+                lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv):
     del argv
     if FLAGS.worker == "tf_keras":
         _tf_keras_worker()
+        return
+    if FLAGS.worker == "memory":
+        _memory_worker()
+        return
+    if FLAGS.markdown_only:
+        path = os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json")
+        with open(path) as f:
+            result = json.load(f)
+        result["headline"] = _headline(result)
+        result["noise"] = _noise(result)
+        result["expectations"] = _expectations(result["headline"], result["noise"])
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+        _write_markdown(result)
         return
     unknown_suites = set(FLAGS.suites) - {"steps", *_OTHER_SUITES}
     if unknown_suites:
@@ -330,32 +870,69 @@ def main(argv):
             f"--methods must include sgd and name only {', '.join(config.METHODS)}; "
             f"got {FLAGS.methods}"
         )
+    names = ["sgd"] + [m for m in FLAGS.methods if m != "sgd"]
+    labels = [label for n in names for label, _, _ in _variants(n, _make_method(n))]
+    if set(FLAGS.memory_methods) - set(names):
+        sys.exit(f"--memory_methods takes methods timed, {names}; got {FLAGS.memory_methods}")
+    if set(FLAGS.xla_skip) - set(labels):
+        sys.exit(f"--xla_skip takes kinds of step of the methods timed, {labels}; "
+                 f"got {FLAGS.xla_skip}")
+    command = _command_line()
+    started, load_start = time.time(), os.getloadavg()[0]
     x, y = _batch()
-    memory = {}
-    samples = _interleaved(_build, x, y, memory)
-    steps = _summary(samples, memory)
+    modes = _MODES[FLAGS.xla]
+    samples, per_round = _interleaved(_build, names, modes, x, y)
+    methods = {name: _make_method(name) for name in names}
     result = {
+        "command": command,
         "model": FLAGS.model,
         "batch_size": FLAGS.batch_size,
         "input_shape": FLAGS.input_shape,
-        "jit_compile": FLAGS.jit_compile,
+        "optimizer": "SGD(0.01, momentum=0.9)",
+        "methods": names,
         "rounds": FLAGS.rounds,
         "steps_per_round": FLAGS.steps_per_round,
         "warmup": FLAGS.warmup,
         "num_matvecs": FLAGS.num_matvecs,
         "hvp_mode": FLAGS.hvp_mode,
+        "xla_skip": FLAGS.xla_skip,
         "versions": _versions(),
-        "samples": samples,
-        "steps": steps,
-        "amortised": _amortised(steps),
+        "machine": _machine(),
+        "variants": {
+            name: [label for label, _, _ in _variants(name, methods[name])] for name in names
+        },
+        "modes": {},
     }
+    for mode in (_mode(m) for m in modes):
+        steps = _summary(samples[mode], per_round[mode])
+        result["modes"][mode] = {
+            "steps": steps,
+            "amortised": _amortised(steps, methods),
+            "samples": samples[mode],
+        }
+    if FLAGS.memory:
+        memory, notes = _memory(FLAGS.memory_methods or names)
+        result.update(
+            memory=memory, memory_notes=notes, memory_xla=FLAGS.memory_xla,
+            memory_warmup=FLAGS.memory_warmup,
+        )
     if FLAGS.tf_keras:
+        _log("timing tf_keras's SAM")
         result["tf_keras"] = _run_tf_keras()
+    result["headline"] = _headline(result)
+    result["noise"] = _noise(result)
+    result["expectations"] = _expectations(result["headline"], result["noise"])
+    result["wall_s"] = time.time() - started
+    result["load_average"] = [load_start, os.getloadavg()[0]]
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "steps.json"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json"), "w") as f:
         json.dump(result, f, indent=2)
+    _write_markdown(result)
+
+
+def _write_markdown(result):
     markdown = _markdown(result)
-    with open(os.path.join(FLAGS.output_dir, "steps.md"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.md"), "w") as f:
         f.write(markdown)
     write_results_index(FLAGS.output_dir)
     print(markdown)

@@ -388,3 +388,59 @@ def test_skipped_pass_benchmark_runs_and_writes_its_table(tmp_path):
         "sgd", "sam", "interval_sam_off_step", "interval_sam_on_step"
     }
     assert (tmp_path / "RESULTS.md").exists()
+
+
+# ---------------------------------------------------------------- benchmark.py
+
+
+BENCHMARK = os.path.join(REPO, "scripts", "benchmark.py")
+# A digits-sized MLP: the point is the bookkeeping, not the times.
+TINY_BENCHMARK = [
+    "--model=mlp", "--input_shape=64", "--batch_size=16", "--rounds=1",
+    "--steps_per_round=1", "--warmup=1", "--notf_keras",
+]
+
+
+def test_benchmark_times_both_xla_modes_and_writes_its_tables(tmp_path):
+    """Every (method, XLA mode) timed, LookSAM on and off its SAM steps and
+    amortised over `k` (not with XLA once its SAM step is skipped there), a
+    memory figure per kind of step, the tables written."""
+    result = run_script(
+        BENCHMARK, *TINY_BENCHMARK, "--methods=sgd,sam,looksam", "--xla=both",
+        "--xla_skip=looksam_on_step", "--memory_methods=looksam", f"--output_dir={tmp_path}",
+    )
+    assert_ok(result)
+    written = json.loads((tmp_path / "steps.json").read_text())
+    assert list(written["modes"]) == ["xla", "no_xla"]
+    for mode in ("xla", "no_xla"):
+        steps = written["modes"][mode]["steps"]
+        assert steps["sgd"]["ratio_to_sgd"] == 1.0
+        assert steps["sam"]["ratio_to_sam"] == 1.0
+        assert all(row["n"] == 1 for row in steps.values())
+    xla, no_xla = written["modes"]["xla"], written["modes"]["no_xla"]
+    assert set(xla["steps"]) == {"sgd", "sam", "looksam_off_step"}
+    assert set(no_xla["steps"]) == {"sgd", "sam", "looksam_off_step", "looksam_on_step"}
+    assert xla["amortised"] == {}
+    on, off = (no_xla["steps"][f"looksam_{kind}_step"]["median_s"] for kind in ("on", "off"))
+    assert no_xla["amortised"]["looksam@k=5"]["step_s"] == pytest.approx((on + 4 * off) / 5)
+    headline = written["headline"]
+    assert [row["label"] for row in headline] == ["sgd", "sam", "looksam@k=5"]
+    assert headline[2]["passes"] == registry.get("looksam").passes
+    assert headline[2]["xla"] is None and headline[2]["no_xla"]["ratio_to_sgd"] > 0
+    # A fresh process measured LookSAM's two kinds of step; the peak is LookSAM's.
+    assert set(written["memory"]) == {"looksam_off_step", "looksam_on_step"}
+    assert all(row["peak_mib"] >= 0 for row in written["memory"].values())
+    assert headline[2]["peak_step_memory_mib"] == max(
+        row["peak_mib"] for row in written["memory"].values()
+    )
+    assert headline[0]["peak_step_memory_mib"] is None
+    (expectation,) = written["expectations"]
+    assert expectation["method"] == "looksam" and "xla" not in expectation
+    assert written["command"].startswith("python scripts/benchmark.py --model=mlp")
+    markdown = (tmp_path / "steps.md").read_text()
+    rows = [line.split(" | ")[0] for line in markdown.splitlines() if line.startswith("| ")]
+    for label in ("| sgd", "| sam", "| looksam@k=5", "| looksam_on_step", "| looksam_off_step"):
+        assert label in rows, markdown
+    assert "XLA ms" in markdown and "no XLA ms" in markdown
+    assert written["command"] in markdown
+    assert "## Step time" in (tmp_path / "RESULTS.md").read_text()
