@@ -110,9 +110,20 @@ def assert_same_run(run_dir, reference_dir):
 # ---------------------------------------------------------------- each method
 
 
-@pytest.mark.parametrize("method", ["sgd", *registry.names()])
+#: One method of each kind of step end to end through train.py (two passes,
+#: a tracker, per-example losses, one pass at a perturbed point); every
+#: registered method trains under the contract battery
+#: (tests/methods/test_contract.py), which new methods join by themselves.
+SCRIPT_METHODS = ("sgd", "sam", "eigensam", "esam", "momentumsam")
+
+
+def test_script_methods_are_registered():
+    assert set(SCRIPT_METHODS) - {"sgd"} <= set(registry.names())
+
+
+@pytest.mark.parametrize("method", SCRIPT_METHODS)
 def test_train_writes_results_for_each_method(method, tmp_path, request):
-    """Every registered method runs end to end: a new one joins by itself."""
+    """Each kind of method runs end to end through the script."""
     if method == "sam":
         # The single-device SAM run of the distribution tests.
         run_dir = request.getfixturevalue("one_device")
@@ -375,30 +386,6 @@ def test_compare_writes_a_table(tmp_path):
     assert [row["method"] for row in comparison["rows"]] == ["sgd", "sam"]
     assert open(os.path.join(compare_dir, "comparison.md")).read().count("\n| s") == 2
     assert len([n for n in os.listdir(compare_dir) if n.startswith("digits-")]) == 2
-
-
-def test_skipped_pass_benchmark_runs_and_writes_its_table(tmp_path):
-    result = run_script(
-        os.path.join(REPO, "scripts", "benchmark_skipped_pass.py"), "--model=mlp", "--input_shape=64", "--batch_size=16",
-        "--rounds=1", "--steps_per_round=1", "--warmup=1", f"--output_dir={tmp_path}",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    written = json.loads((tmp_path / "skipped_pass.json").read_text())
-    assert set(written["ratio_to_sgd"]) == {
-        "sgd", "sam", "interval_sam_off_step", "interval_sam_on_step"
-    }
-    assert (tmp_path / "RESULTS.md").exists()
-
-
-# ---------------------------------------------------------------- benchmark.py
-
-
-BENCHMARK = os.path.join(REPO, "scripts", "benchmark.py")
-# A digits-sized MLP: the point is the bookkeeping, not the times.
-TINY_BENCHMARK = [
-    "--model=mlp", "--input_shape=64", "--batch_size=16", "--rounds=1",
-    "--steps_per_round=1", "--warmup=1", "--notf_keras",
-]
 
 
 def test_benchmark_times_both_xla_modes_and_writes_its_tables(tmp_path):

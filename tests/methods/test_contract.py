@@ -44,6 +44,10 @@ NOT_REPLICA_INVARIANT = {
     "esam": "per-replica data selection",
 }
 
+#: Methods whose step under `perturbation_scope="global"` is checked against
+#: one device on two replicas.
+GLOBAL_SCOPE_METHODS = ("sam", "xsam", "friendlysam", "wsam")
+
 RTOL, ATOL = 1e-4, 1e-6
 
 
@@ -81,6 +85,7 @@ def _assert_all_close(actual, expected, rtol=RTOL, atol=ATOL):
 def test_battery_arguments_name_registered_methods():
     assert set(BATTERY_ARGUMENTS) <= set(NAMES)
     assert set(NOT_REPLICA_INVARIANT) <= set(NAMES)
+    assert set(GLOBAL_SCOPE_METHODS) <= set(NAMES) - set(NOT_REPLICA_INVARIANT)
 
 
 # ------------------------------------------------------------ default fit
@@ -127,8 +132,13 @@ def test_fit_is_traced_once_trains_and_tracks(name):
 # ------------------------------------------------------------ distribution
 
 
-@pytest.mark.parametrize("scope", ["replica", "global"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name, scope",
+    [(name, "replica") for name in NAMES]
+    # The global scope's replica invariance, for a linear rule, a rule that
+    # normalises the averaged gradient and a stateful rule.
+    + [(name, "global") for name in GLOBAL_SCOPE_METHODS],
+)
 def test_mirrored_strategy(name, scope, mirrored_strategy):
     x, y = tiny.data(n=32)
     with mirrored_strategy.scope():
@@ -156,16 +166,17 @@ def test_mirrored_strategy(name, scope, mirrored_strategy):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_xla_and_steps_per_execution_take_the_same_steps(name):
+    # XLA one step at a time against graph mode three steps at a time: a
+    # difference in either shows.
     x, y = tiny.data(n=48)
     results = []
-    for options in ({}, {"jit_compile": True}, {"steps_per_execution": 3}):
+    for options in ({"jit_compile": True}, {"steps_per_execution": 3}):
         keras.utils.clear_session()
-        model = _model(name, **options)
+        model = _model(name, net=tiny.mlp(), **options)
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
         assert int(model.optimizer.iterations) == 6
         results.append(tiny.weights_of(model) + _state(model))
     _assert_all_close(results[1], results[0])
-    _assert_all_close(results[2], results[0])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -378,7 +389,11 @@ def test_momentum_sam_without_momentum_names_the_optimizer():
         model.train_on_batch(x, y)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name", [n for n in NAMES if n in ("sam", "looksam", "esam", "momentumsam")
+             or not registry.get(n).cls.supports_gradient_accumulation
+             or n == "wsam"],
+)
 def test_gradient_accumulation_trains_or_is_refused(name):
     x, y = tiny.data(n=32)
     method = _method(name)

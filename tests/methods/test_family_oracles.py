@@ -500,32 +500,8 @@ def test_perturbed_variables_all_is_sam():
     )
 
 
-@pytest.mark.parametrize(
-    "make, oracle, momentum",
-    [
-        (lambda p: ks.GSAM(rho_max=0.3, rho_min=0.1, alpha=0.4, perturbed_variables=p),
-         lambda m: fam.GSAM(0.3, 0.1, 0.4, mask=m), 0.0),
-        (lambda p: ks.WSAM(rho=0.3, gamma=0.8, perturbed_variables=p),
-         lambda m: fam.WSAM(0.3, 0.8, mask=m), 0.9),
-        (lambda p: ks.WSAM(rho=0.3, gamma=0.8, decouple=False, perturbed_variables=p),
-         lambda m: fam.WSAM(0.3, 0.8, decouple=False, mask=m), 0.9),
-        (lambda p: ks.FriendlySAM(rho=0.3, sigma=0.9, lmbda=0.6, perturbed_variables=p),
-         lambda m: fam.FriendlySAM(0.3, 0.9, 0.6, mask=m), 0.0),
-        (lambda p: ks.LookSAM(rho=0.3, k=2, alpha=0.7, perturbed_variables=p),
-         lambda m: fam.LookSAM(0.3, 2, 0.7, mask=m), 0.0),
-        (lambda p: ks.ESAM(rho=0.3, beta=1.0, gamma=0.5, perturbed_variables=p),
-         lambda m: fam.ESAM(0.3, 0.5, mask=m), 0.0),
-        (lambda p: ks.MomentumSAM(rho=0.3, perturbed_variables=p),
-         lambda m: fam.MomentumSAM(0.3, mask=m), 0.9),
-    ],
-    ids=["gsam", "wsam", "wsam-coupled", "friendly-sam", "look-sam", "esam",
-         "momentum-sam"],
-)
-def test_every_method_perturbs_normalization_only(make, oracle, momentum):
-    _sam_on_case(make("normalization"), oracle(NORMALIZATION), NORMALIZATION,
-                 steps=4, momentum=momentum)
-
-
+# SAM-ON on every method: tests/methods/test_contract.py (perturbation
+# compared with the unrestricted rule on a masked gradient).
 def test_normalization_without_normalization_layer_is_refused():
     with pytest.raises(ValueError, match="perturbed_variables"):
         model = _model(ks.SAM(rho=0.3, perturbed_variables="normalization"))
