@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 COMPARE = os.path.join(REPO, "scripts", "compare.py")
+BENCHMARK = os.path.join(REPO, "scripts", "benchmark.py")
 TINY = ["--epochs=1", "--max_steps_per_epoch=2", "--augment=none"]
 # Two epochs of five steps, perturbing with the all-reduced gradient.
 DISTRIBUTED = [
