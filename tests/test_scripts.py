@@ -30,6 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 COMPARE = os.path.join(REPO, "scripts", "compare.py")
 BENCHMARK = os.path.join(REPO, "scripts", "benchmark.py")
+TINY_BENCHMARK = [
+    "--model=mlp", "--input_shape=64", "--batch_size=16", "--rounds=1",
+    "--steps_per_round=1", "--warmup=1", "--notf_keras",
+]
 TINY = ["--epochs=1", "--max_steps_per_epoch=2", "--augment=none"]
 # Two epochs of five steps, perturbing with the all-reduced gradient.
 DISTRIBUTED = [
