@@ -73,7 +73,7 @@ def _run(power_iterations, x, y):
         if due:
             op = hessian.HessianOperator(net, loss, (x, y), training=False,
                                          hvp_mode="reverse_over_reverse")
-            lam, vecs = op.top_eigenpairs(k=2, method="lanczos", num_steps=40, seed=0)
+            lam, vecs = op.top_eigenpairs(k=2, method="lanczos", num_matvecs=40, tol=None, seed=0)
             gaps.append(abs(float(lam[1]) / float(lam[0])))
             reference = np.concatenate([np.ravel(v) for v in vecs[0]])
         start = time.perf_counter()

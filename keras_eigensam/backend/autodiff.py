@@ -267,3 +267,43 @@ def value_aux_and_gradient(fn, sources, watch=False):
         value, aux = fn()
     grads = tape.gradient(value, sources, unconnected_gradients=_ZERO)
     return value, aux, densify(grads)
+
+
+def jacobian_sandwich(fn, primals, tangents, middle):
+    """`Jᵀ · middle(J·v)`, with `J` the Jacobian of `fn()`'s output.
+
+    `fn()` returns `(outputs, aux)`; `outputs` (one tensor) is
+    differentiated with respect to `primals`, `aux` is passed through. One
+    forward pass records `outputs` on a tape and, on a forward accumulator,
+    its directional derivative `u = J·v` (`v` = `tangents`); `middle(outputs,
+    aux, u)` returns the cotangent `r`, and one backward pass gives `Jᵀ·r`:
+
+    ```
+    GGN:              middle = H_ℓ(outputs) · u      (loss Hessian in outputs)
+    empirical Fisher: middle = c ⊙ u                 (outputs = per-example losses)
+    ```
+
+    Only first derivatives of `fn` are taken, so normalization layers need no
+    exact moments. Returns dense tensors shaped like `primals`.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(primals)
+        with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+            outputs, aux = fn()
+    directional = accumulator.jvp(outputs, unconnected_gradients=_ZERO)
+    cotangent = middle(outputs, aux, directional)
+    return densify(
+        tape.gradient(outputs, primals, output_gradients=cotangent, unconnected_gradients=_ZERO)
+    )
+
+
+def output_hvp(loss_fn, outputs, vector):
+    """`∇²_o loss_fn(o) · vector` at `o = outputs` (the weights held fixed)."""
+    outputs = tf.stop_gradient(outputs)
+    with tf.GradientTape() as outer:
+        outer.watch(outputs)
+        with tf.GradientTape() as inner:
+            inner.watch(outputs)
+            loss = loss_fn(outputs)
+        grad = inner.gradient(loss, outputs, unconnected_gradients=_ZERO)
+    return outer.gradient(grad, outputs, output_gradients=vector, unconnected_gradients=_ZERO)

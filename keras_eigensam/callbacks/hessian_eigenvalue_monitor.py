@@ -1,4 +1,4 @@
-"""`HessianEigenvalueMonitor`: top Hessian eigenvalues on a fixed probe set."""
+"""`HessianEigenvalueMonitor`: top eigenvalues of a curvature matrix on probe data."""
 
 import os
 
@@ -7,24 +7,35 @@ import numpy as np
 from keras_eigensam import validation
 from keras_eigensam.callbacks.base import EPOCH
 from keras_eigensam.callbacks.base import ScheduledMonitor
-from keras_eigensam.hessian import probe
+from keras_eigensam.hessian.data import CurvatureData
+from keras_eigensam.hessian.fisher import EmpiricalFisherOperator
+from keras_eigensam.hessian.ggn import GGNOperator
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
+from keras_eigensam.hessian.lanczos import WHICH
 from keras_eigensam.hessian.operator import EIGEN_METHODS
 from keras_eigensam.hessian.operator import HessianOperator
+from keras_eigensam.hessian.trace import TRACE_METHODS
+
+#: The curvature matrices the monitor measures, and the prefix of its keys.
+CURVATURES = {"hessian": "hessian", "ggn": "ggn", "fisher": "fisher"}
 
 
 class HessianEigenvalueMonitor(ScheduledMonitor):
-    """Logs the top Hessian eigenvalues of the loss on a fixed probe set.
+    """Logs the top eigenvalues of the Hessian (or GGN, or Fisher) on probe data.
 
     At the end of every epoch (`every="epoch"`) or after every `every`-th
-    optimizer step (`every=n`) it builds the Hessian of the model's loss on
-    `data` as a `keras_eigensam.hessian.HessianOperator` and logs
+    optimizer step (`every=n`) it builds the curvature matrix of the model's
+    loss on `data` (`curvature="hessian"`: a
+    `keras_eigensam.hessian.HessianOperator`; `"ggn"`: a `GGNOperator`;
+    `"fisher"`: an `EmpiricalFisherOperator`) and logs, with the prefix
+    `hessian`, `ggn` or `fisher`,
 
     ```
     hessian_top_eigenvalue          λ1                 (Lanczos or power iteration)
     hessian_eigenvalue_2 … _k       λ2 … λk            (top_k > 1)
-    hessian_trace                   tr(H) ≈ mean zᵀHz  (trace=True, Rademacher z)
+    hessian_trace                   tr(H) estimate     (trace=True: Hutchinson or Hutch++)
+    hessian_trace_std_error         its standard error (trace=True)
     ```
 
     into the epoch `logs`, where `History`, `keras.callbacks.CSVLogger` and
@@ -43,8 +54,12 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     `density`, `step`, `eigenvalues`) in `density_dir`, plus a PNG with
     `plot_density=True`.
 
-    The Hessian is that of the mean loss over all of `data` (batch-size
-    weighted), plus `model.losses`, with respect to the trainable weights. The
+    The matrix is that of the mean loss over all of `data` (batch-size
+    weighted; the Hessian includes `model.losses`, the GGN and Fisher do
+    not), with respect to the trainable weights; `data` can be one probe
+    batch or a whole data set (a `tf.data.Dataset` is streamed at every
+    product, so it must not reshuffle). `which="smallest"` logs the most
+    negative eigenvalues instead (negative curvature). The
     loss is `loss` if given, else the model's compiled loss (`model.loss`).
     `training=False` (the default) takes it with the model in inference
     mode: BatchNormalization uses its moving statistics and dropout is off;
@@ -53,50 +68,58 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     report which one a figure uses. Neither mode writes any variable, so
     training with the monitor gives the same weights as training without it.
 
-    Cost per measurement, in Hessian-vector products over the probe set
-    (each a few gradients): `method="lanczos"` takes `num_steps` (30 by
-    default), `method="power"` up to `max_iterations` per eigenvalue;
-    `trace=True` adds `trace_samples`, `density=True` adds
-    `density_steps × density_probes`. `num_hvps` counts the products of the
-    last measurement; measured times are in `benchmarks/hessian.md`.
+    Cost per measurement, in products over the probe data (each a few
+    gradients): up to `num_matvecs` for the eigenvalues (Lanczos stops
+    earlier once the residuals meet `tol`), `trace_matvecs` with
+    `trace=True`, `density_matvecs` with `density=True`. `num_matvecs_used`
+    counts the products of the last measurement; measured times are in
+    `benchmarks/hessian.md` and `benchmarks/curvature_operators.md`.
 
     Args:
-        data: The probe set: one batch `(x, y)` or `(x, y, sample_weight)`
-            (a tuple), a list of such batches, or a batched
-            `tf.data.Dataset` (read once, when the callback is created).
-            Under a `tf.distribute` strategy every batch is split over the
-            replicas, so it needs at least one example per replica.
+        data: The probe data: one batch `(x, y)` or `(x, y, sample_weight)`
+            (a tuple; with `batch_size`, arrays split into batches), a list
+            of such batches, or a batched `tf.data.Dataset` (streamed at
+            every product; checked once, when the callback is created, to
+            yield the same batches twice). Under a `tf.distribute` strategy
+            every batch is split over the replicas, so it needs at least one
+            example per replica.
         every: `"epoch"` to measure at the end of every epoch, or an integer
             `n` to measure after every `n`-th optimizer step (whenever
             `model.optimizer.iterations` passes a multiple of `n`). Defaults
             to `"epoch"`.
         top_k: Number of eigenvalues, >= 1. Defaults to `1`.
-        trace: Whether to log the Hutchinson estimate of the trace as
-            `hessian_trace`. Defaults to `False`.
+        trace: Whether to log an estimate of the trace and its standard
+            error. Defaults to `False`.
         density: Whether to compute the spectral density (stochastic Lanczos
             quadrature). Defaults to `False`.
         training: Whether to take the Hessian with the model in training
             mode (batch statistics, dropout) instead of inference mode.
             Defaults to `False`.
-        method: `"lanczos"` (the `top_k` largest algebraic eigenvalues) or
-            `"power"` (power iteration with deflation: the `top_k` of
-            largest absolute value). Defaults to `"lanczos"`.
-        loss: The loss to take the Hessian of: a Keras loss, its name or a
-            callable `loss(y_true, y_pred)`. `None` uses `model.loss`.
-            Defaults to `None`.
-        num_steps: Lanczos steps (HVPs), >= `top_k`; `None` uses
-            `max(30, 2 * top_k)`, capped at the number of parameters.
-            Defaults to `None`.
-        max_iterations: Power iteration: the maximum number of HVPs per
-            eigenvalue. Defaults to `100`.
-        tol: Power iteration: relative tolerance of the stopping rule.
-            Defaults to `1e-4`.
-        trace_samples: Hutchinson probes (HVPs) per trace estimate, >= 1.
-            Defaults to `100`.
-        density_steps: Lanczos steps per density probe, >= 1. Defaults to
-            `50`.
+        curvature: `"hessian"`, `"ggn"` (generalized Gauss-Newton) or
+            `"fisher"` (empirical Fisher). Defaults to `"hessian"`.
+        which: `"largest"` (algebraic), `"smallest"` or `"magnitude"`; see
+            `CurvatureOperator.top_eigenpairs`. Defaults to `"largest"`.
+        method: `"lanczos"` or `"power"` (power iteration with deflation).
+            Defaults to `"lanczos"`.
+        loss: The loss to measure: a Keras loss, its name or a callable
+            `loss(y_true, y_pred)`. `None` uses `model.loss`. Defaults to
+            `None`.
+        num_matvecs: The most products for the eigenvalues, >= `top_k`;
+            `None` uses `max(30, 2 * top_k)` for Lanczos (capped at the
+            number of parameters) and 100 per power run. Defaults to `None`.
+        tol: Relative tolerance of the stopping rule (Lanczos: residuals;
+            power: change and residual), or `None` to spend all of
+            `num_matvecs`. Defaults to `1e-4`.
+        trace_matvecs: Products per trace estimate, >= 1 (>= 3 for
+            Hutch++). Defaults to `100`.
+        trace_method: `"hutchinson"` or `"hutch++"`. Defaults to
+            `"hutchinson"`.
+        density_matvecs: Products per density estimate, >= `density_probes`.
+            Defaults to `200`.
         density_probes: Random start vectors of the density estimate, >= 1.
             Defaults to `4`.
+        batch_size: Split in-memory arrays `data` into batches of this
+            size. Defaults to `None` (one batch).
         density_dir: Directory for the density `.npz` files (and PNGs);
             `None` keeps the densities in memory only. Defaults to `None`.
         plot_density: Whether to also save each density as a PNG in
@@ -106,8 +129,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             the logs keys, step = optimizer step). Give it a directory of its
             own, e.g. a subdirectory of `keras.callbacks.TensorBoard`'s.
             `None` writes none. Defaults to `None`.
-        hvp_mode: `"reverse_over_reverse"` or `"forward_over_backward"`;
-            see `keras_eigensam.hessian.hvp`. Defaults to
+        hvp_mode: `"reverse_over_reverse"` or `"forward_over_backward"`
+            (Hessian only); see `keras_eigensam.hessian.hvp`. Defaults to
             `"reverse_over_reverse"`, the faster in this project's
             measurements (`benchmarks/hessian.md`).
         seed: Seed of the random start vectors and probes, the same at every
@@ -122,8 +145,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         TypeError: if `data` is neither a batch nor a list or dataset of
             batches, or a flag is not a bool.
         ValueError: if `every` is neither `"epoch"` nor an integer >= 1,
-            `top_k` < 1, `data` is empty, `method` or `hvp_mode` is unknown,
-            `num_steps` < `top_k`, or `plot_density` is set without
+            `top_k` < 1, `data` is empty or reshuffles, `curvature`,
+            `which`, `method`, `trace_method` or `hvp_mode` is unknown,
+            `num_matvecs` < `top_k`, or `plot_density` is set without
             `density` and `density_dir`.
 
     Example:
@@ -150,14 +174,17 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         trace=False,
         density=False,
         training=False,
+        curvature="hessian",
+        which="largest",
         method="lanczos",
         loss=None,
-        num_steps=None,
-        max_iterations=100,
+        num_matvecs=None,
         tol=1e-4,
-        trace_samples=100,
-        density_steps=50,
+        trace_matvecs=100,
+        trace_method="hutchinson",
+        density_matvecs=200,
         density_probes=4,
+        batch_size=None,
         density_dir=None,
         plot_density=False,
         log_dir=None,
@@ -171,24 +198,29 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.density = validation.check_bool("density", density)
         self.training = validation.check_bool("training", training)
         self.plot_density = validation.check_bool("plot_density", plot_density)
+        self.curvature = validation.check_choice("curvature", curvature, tuple(CURVATURES))
+        self.which = validation.check_choice("which", which, WHICH)
         self.method = validation.check_choice("method", method, EIGEN_METHODS)
+        self.trace_method = validation.check_choice("trace_method", trace_method, TRACE_METHODS)
         self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
-        if num_steps is not None:
-            num_steps = validation.check_int("num_steps", num_steps, minimum=1)
-            if num_steps < self.top_k:
+        if num_matvecs is not None:
+            num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
+            if num_matvecs < self.top_k:
                 raise ValueError(
-                    "`num_steps` must be at least `top_k`: m Lanczos steps give "
-                    f"at most m eigenvalues. Received: num_steps={num_steps}, "
+                    "`num_matvecs` must be at least `top_k`: every eigenvalue "
+                    f"needs a product. Received: num_matvecs={num_matvecs}, "
                     f"top_k={self.top_k}"
                 )
-        self.num_steps = num_steps
-        self.max_iterations = validation.check_int("max_iterations", max_iterations, minimum=1)
+        self.num_matvecs = num_matvecs
         self.tol = None if tol is None else validation.check_number(
             "tol", tol, minimum=0.0, strict=True
         )
-        self.trace_samples = validation.check_int("trace_samples", trace_samples, minimum=1)
-        self.density_steps = validation.check_int("density_steps", density_steps, minimum=1)
+        minimum = 3 if self.trace_method == "hutch++" else 1
+        self.trace_matvecs = validation.check_int("trace_matvecs", trace_matvecs, minimum=minimum)
         self.density_probes = validation.check_int("density_probes", density_probes, minimum=1)
+        self.density_matvecs = validation.check_int(
+            "density_matvecs", density_matvecs, minimum=self.density_probes
+        )
         if self.plot_density and not (self.density and density_dir is not None):
             raise ValueError(
                 "`plot_density=True` needs `density=True` and a `density_dir` to "
@@ -198,51 +230,57 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.density_dir = density_dir
         self.loss = loss
         self.seed = None if seed is None else validation.check_int("seed", seed)
-        self._batches = probe.read_batches(data)
-        self.keys = ["hessian_top_eigenvalue"] + [
-            f"hessian_eigenvalue_{i}" for i in range(2, self.top_k + 1)
+        self._data = CurvatureData(data, batch_size)
+        prefix = CURVATURES[self.curvature]
+        self._prefix = prefix
+        self.eigenvalue_keys = [f"{prefix}_top_eigenvalue"] + [
+            f"{prefix}_eigenvalue_{i}" for i in range(2, self.top_k + 1)
         ]
+        self.keys = list(self.eigenvalue_keys)
         if self.trace:
-            self.keys.append("hessian_trace")
+            self.keys += [f"{prefix}_trace", f"{prefix}_trace_std_error"]
         super().__init__(every, log_dir, every_n_epochs, every_n_steps)
 
     def _reset(self):
         super()._reset()
         #: With `density=True`: dicts with `step`, `grid`, `density`.
         self.densities = []
-        #: Hessian-vector products of the last measurement.
-        self.num_hvps = 0
+        #: Products of the last measurement.
+        self.num_matvecs_used = 0
         self._density = None
 
     def _build_measurer(self):
-        return HessianOperator(
-            self.model,
-            self.loss,
-            self._batches,
-            training=self.training,
-            hvp_mode=self.hvp_mode,
-        )
+        if self.curvature == "hessian":
+            return HessianOperator(
+                self.model, self.loss, self._data, training=self.training, hvp_mode=self.hvp_mode
+            )
+        operator = GGNOperator if self.curvature == "ggn" else EmpiricalFisherOperator
+        return operator(self.model, self.loss, self._data, training=self.training)
 
     def _measure(self):
         op = self._get_measurer()
-        start = op.num_hvps
+        start = op.matvec_count
         eigvals, _ = op.top_eigenpairs(
             k=self.top_k,
             method=self.method,
-            max_iterations=self.max_iterations,
+            which=self.which,
+            num_matvecs=self.num_matvecs,
             tol=self.tol,
-            num_steps=self.num_steps,
             seed=self.seed,
         )
-        values = {key: float(value) for key, value in zip(self.keys, eigvals)}
+        values = {key: float(value) for key, value in zip(self.eigenvalue_keys, eigvals)}
         if self.trace:
-            values["hessian_trace"] = op.trace(num_samples=self.trace_samples, seed=self.seed)
+            estimate = op.trace(
+                num_matvecs=self.trace_matvecs, method=self.trace_method, seed=self.seed
+            )
+            values[f"{self._prefix}_trace"] = estimate.value
+            values[f"{self._prefix}_trace_std_error"] = estimate.std_error
         self._density = None
         if self.density:
             self._density = op.density(
-                num_steps=self.density_steps, num_probes=self.density_probes, seed=self.seed
+                num_matvecs=self.density_matvecs, num_probes=self.density_probes, seed=self.seed
             )
-        self.num_hvps = op.num_hvps - start
+        self.num_matvecs_used = op.matvec_count - start
         return values
 
     def _on_record(self, step, values):
@@ -256,7 +294,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     def _save_density(self, step, grid, density, values):
         os.makedirs(self.density_dir, exist_ok=True)
         stem = os.path.join(self.density_dir, f"density_step_{step:08d}")
-        eigenvalues = np.asarray([values[key] for key in self.keys if key != "hessian_trace"])
+        eigenvalues = np.asarray([values[key] for key in self.eigenvalue_keys])
         np.savez(stem + ".npz", grid=grid, density=density, step=step, eigenvalues=eigenvalues)
         if self.plot_density:
             from keras_eigensam.experiments import plotting
@@ -266,5 +304,5 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 grid,
                 density,
                 stem + ".png",
-                title=f"Hessian spectral density, step {step} ({mode}-mode BN)",
+                title=f"{self._measurer.kind} spectral density, step {step} ({mode}-mode BN)",
             )

@@ -305,7 +305,7 @@ def plot_density(grid, density, out_png, title=None, dpi=120):
     Example:
 
     ```python
-    grid, density = op.density(num_steps=50, seed=0)
+    grid, density = op.density(num_matvecs=200, seed=0)
     plot_density(grid, density, "density.png")
     ```
 

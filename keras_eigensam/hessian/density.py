@@ -12,7 +12,7 @@ from keras_eigensam.hessian.lanczos import tridiagonal_eigh
 def spectral_density(
     matvec,
     num_parameters,
-    num_steps=50,
+    num_matvecs=200,
     num_probes=4,
     num_points=1024,
     sigma=None,
@@ -21,7 +21,8 @@ def spectral_density(
 ):
     """Spectral density of `H` by stochastic Lanczos quadrature.
 
-    For each Gaussian probe, `num_steps` Lanczos steps give nodes `θ_j`
+    For each of `num_probes` Gaussian probes, `num_matvecs // num_probes`
+    Lanczos steps give nodes `θ_j`
     (eigenvalues of the tridiagonal matrix) and weights `τ_j` (squared
     first components of its eigenvectors, summing to 1); the density is
     their Gaussian-broadened average over probes:
@@ -32,15 +33,16 @@ def spectral_density(
 
     It estimates `(1/n) Σ_i δ(t − λ_i)`, the distribution of the `n`
     eigenvalues, so it integrates to 1 over the returned grid (it is
-    normalised there by the trapezoidal rule). Cost: `num_steps ×
-    num_probes` products.
+    normalised there by the trapezoidal rule). Cost: `num_matvecs` products
+    (`num_probes` times the steps per probe; a remainder is not spent).
 
     Args:
         matvec: Function `flat vector -> H · flat vector` (NumPy arrays of
             length `num_parameters`).
         num_parameters: Dimension `n` of the operator, >= 1.
-        num_steps: Lanczos steps per probe (products), >= 1; capped at `n`.
-            Defaults to `50`.
+        num_matvecs: Products in all, >= `num_probes`; each probe gets
+            `num_matvecs // num_probes` Lanczos steps (capped at `n`).
+            Defaults to `200`.
         num_probes: Number of random start vectors, >= 1. Defaults to `4`.
         num_points: Number of grid points, >= 2. Defaults to `1024`.
         sigma: Width of the Gaussian broadening, > 0. `None` uses 1 % of
@@ -55,12 +57,13 @@ def spectral_density(
         each side.
 
     Raises:
-        ValueError: if an argument is out of range.
+        ValueError: if an argument is out of range, or `num_matvecs` <
+            `num_probes`.
 
     Example:
 
     ```python
-    grid, density = spectral_density(lambda v: a @ v, a.shape[0], num_steps=20)
+    grid, density = spectral_density(lambda v: a @ v, a.shape[0], num_matvecs=80)
     ```
 
     Reference:
@@ -68,8 +71,14 @@ def spectral_density(
         - [Lin, Saad & Yang, 2016](https://arxiv.org/abs/1308.5467)
     """
     num_parameters = validation.check_int("num_parameters", num_parameters, minimum=1)
-    num_steps = validation.check_int("num_steps", num_steps, minimum=1)
+    num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
     num_probes = validation.check_int("num_probes", num_probes, minimum=1)
+    if num_matvecs < num_probes:
+        raise ValueError(
+            "`num_matvecs` must be at least `num_probes`: every probe needs a "
+            f"product. Received: num_matvecs={num_matvecs}, num_probes={num_probes}"
+        )
+    num_steps = num_matvecs // num_probes
     num_points = validation.check_int("num_points", num_points, minimum=2)
     if sigma is not None:
         sigma = validation.check_number("sigma", sigma, minimum=0.0, strict=True)
@@ -77,7 +86,7 @@ def spectral_density(
     nodes, weights = [], []
     for _ in range(num_probes):
         start = rng.standard_normal(num_parameters)
-        _, alpha, beta = lanczos(matvec, start, num_steps, rng, dtype)
+        _, alpha, beta, _ = lanczos(matvec, start, num_steps, rng, dtype)
         theta, s = tridiagonal_eigh(alpha, beta)
         nodes.append(theta)
         weights.append(s[0, :] ** 2 / num_probes)

@@ -149,7 +149,7 @@ def make_hvp(loss_fn, variables, mode=DEFAULT_HVP_MODE):
     @tf.function(jit_compile=True)
     def top_eigenvalue(v0):
         matvec = hessian.make_hvp(loss_fn, model.trainable_variables)
-        return hessian.power_iteration(matvec, v0, num_iterations=5)
+        return hessian.power_iteration(matvec, v0, num_matvecs=5)
     ```
 
     Reference:

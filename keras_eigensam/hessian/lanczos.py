@@ -12,7 +12,11 @@ import numpy as np
 from keras_eigensam import validation
 
 
-def lanczos(matvec, start, num_steps, rng=None, dtype=np.float64):
+#: The ends of the spectrum `lanczos_eigenpairs` (and the operators) find.
+WHICH = ("largest", "smallest", "magnitude")
+
+
+def lanczos(matvec, start, num_steps, rng=None, dtype=np.float64, stop=None):
     """Lanczos iteration with full reorthogonalisation from `start`.
 
     ```
@@ -24,8 +28,8 @@ def lanczos(matvec, start, num_steps, rng=None, dtype=np.float64):
     to working precision, so no spurious copies of converged Ritz values
     appear. On breakdown (an invariant subspace has been found) it continues
     from a random vector orthogonal to `Q`, with `β = 0`, so that it always
-    returns `min(num_steps, n)` steps. It keeps the basis, `num_steps`
-    vectors of length `n`, in memory.
+    returns `min(num_steps, n)` steps unless `stop` ends it. It keeps the
+    basis, `num_steps` vectors of length `n`, in memory.
 
     Args:
         matvec: Function `flat vector -> H · flat vector` (NumPy arrays of
@@ -35,15 +39,20 @@ def lanczos(matvec, start, num_steps, rng=None, dtype=np.float64):
         rng: `np.random.Generator` for restarts after breakdown. `None` uses
             `np.random.default_rng()`. Defaults to `None`.
         dtype: Dtype of the basis. Defaults to `np.float64`.
+        stop: Optional function `(alpha, beta, b) -> bool` called after every
+            step that did not break down, with `b = ‖r_j‖` the norm of the
+            next residual (the `β_j` that step `j+1` would use); returning
+            `True` ends the iteration. Defaults to `None`.
 
     Returns:
-        A tuple `(basis, alpha, beta)`: the basis `Q` (steps × n), and the
-        diagonal and off-diagonal of the tridiagonal matrix `T = QᵀHQ`.
+        A tuple `(basis, alpha, beta, b)`: the basis `Q` (steps × n), the
+        diagonal and off-diagonal of the tridiagonal matrix `T = QᵀHQ`, and
+        the norm of the last residual (`0` when `Q` spans all of `Rⁿ`).
 
     Example:
 
     ```python
-    basis, alpha, beta = lanczos(lambda v: a @ v, np.ones(10), num_steps=5)
+    basis, alpha, beta, _ = lanczos(lambda v: a @ v, np.ones(10), num_steps=5)
     ```
 
     Reference:
@@ -57,17 +66,21 @@ def lanczos(matvec, start, num_steps, rng=None, dtype=np.float64):
     alpha, beta = [], []
     q = start / np.linalg.norm(start)
     eps = np.finfo(dtype).eps
+    b = 0.0
     for j in range(num_steps):
         basis[j] = q
         w = np.asarray(matvec(q)).astype(dtype)
         alpha.append(float(q @ w))
         for _ in range(2):
             w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        b = float(np.linalg.norm(w)) if j + 1 < n else 0.0
+        scale = max(abs(a) for a in alpha) + (max(beta) if beta else 0.0)
+        breakdown = b <= 100 * eps * max(scale, 1e-30) * math.sqrt(n)
+        if j + 1 < n and not breakdown and stop is not None and stop(alpha, beta, b):
+            break
         if j == num_steps - 1:
             break
-        b = float(np.linalg.norm(w))
-        scale = max(abs(a) for a in alpha) + (max(beta) if beta else 0.0)
-        if b <= 100 * eps * max(scale, 1e-30) * math.sqrt(n):
+        if breakdown:
             w = rng.standard_normal(n).astype(dtype)
             for _ in range(2):
                 w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
@@ -76,7 +89,8 @@ def lanczos(matvec, start, num_steps, rng=None, dtype=np.float64):
         else:
             beta.append(b)
             q = w / b
-    return basis[: len(alpha)], np.asarray(alpha), np.asarray(beta)
+    steps = len(alpha)
+    return basis[:steps], np.asarray(alpha), np.asarray(beta), b
 
 
 def tridiagonal_eigh(alpha, beta):
@@ -85,55 +99,100 @@ def tridiagonal_eigh(alpha, beta):
     return np.linalg.eigh(matrix)
 
 
-def lanczos_eigenpairs(matvec, start, k, num_steps, rng=None, dtype=np.float64):
-    """The `k` largest (algebraic) eigenpairs from `num_steps` Lanczos steps.
+def select(theta, k, which):
+    """Indices of the `k` values of `theta` at the `which` end, in order."""
+    if which == "largest":
+        order = np.argsort(theta)[::-1]
+    elif which == "smallest":
+        order = np.argsort(theta)
+    else:
+        order = np.argsort(np.abs(theta), kind="stable")[::-1]
+    return order[:k]
+
+
+def lanczos_eigenpairs(
+    matvec, start, k, num_matvecs, rng=None, dtype=np.float64, which="largest", tol=None
+):
+    """`k` extreme eigenpairs from at most `num_matvecs` Lanczos steps.
 
     ```
-    T = tridiag(β, α, β) = S Θ Sᵀ;   eigvals = top k of Θ;   eigvecs = Q S[:, top k]
+    T = tridiag(β, α, β) = S Θ Sᵀ;   eigvals = k of Θ at the `which` end;
+    eigvecs = Q S[:, those];         residual_j = ‖H y_j − θ_j y_j‖ = b·|S_mj|
     ```
 
     With full reorthogonalisation Lanczos needs far fewer products than
-    power iteration with deflation, and finds the largest algebraic
-    eigenvalues rather than the largest in magnitude (measurements in
-    `benchmarks/hessian.md`).
+    power iteration with deflation (measurements in `benchmarks/hessian.md`),
+    and finds the largest or smallest *algebraic* eigenvalues (or the
+    largest in magnitude) alike. With `tol` it stops as soon as every wanted
+    Ritz pair has `residual_j ≤ tol · max|Θ|`, checked after every step
+    from step `k` on (the residual is free: `b` is the norm of the next
+    Lanczos vector before normalisation).
 
     Args:
         matvec: Function `flat vector -> H · flat vector` (NumPy arrays).
         start: Start vector (NumPy array of length `n`), not zero.
-        k: Number of eigenpairs, 1 <= k <= min(num_steps, n).
-        num_steps: Number of Lanczos steps (products), >= `k`.
+        k: Number of eigenpairs, 1 <= k <= min(num_matvecs, n).
+        num_matvecs: The most Lanczos steps (products), >= `k`; capped at `n`.
         rng: `np.random.Generator` for restarts. Defaults to `None`.
         dtype: Dtype of the basis. Defaults to `np.float64`.
+        which: `"largest"`, `"smallest"` or `"magnitude"`. Defaults to
+            `"largest"`.
+        tol: Relative residual tolerance, > 0, or `None` to run all
+            `num_matvecs` steps. Defaults to `None`.
 
     Returns:
-        A tuple `(eigvals, eigvecs)`: a float64 array of shape `(k,)` in
-        decreasing order and an array `(k, n)` of unit Ritz vectors.
+        A tuple `(eigvals, eigvecs, residuals)`: a float64 array of shape
+        `(k,)` ordered from the `which` end (decreasing, increasing, or
+        decreasing in magnitude), an array `(k, n)` of unit Ritz vectors,
+        and the residual norms `‖H y_j − θ_j y_j‖` (float64, `(k,)`).
 
     Raises:
-        ValueError: if `k` < 1 or `num_steps` < `k`.
+        ValueError: if `k` < 1, `num_matvecs` < `k`, `which` is unknown or
+            `tol` <= 0.
 
     Example:
 
     ```python
-    eigvals, eigvecs = lanczos_eigenpairs(lambda v: a @ v, start, k=3, num_steps=20)
+    eigvals, eigvecs, _ = lanczos_eigenpairs(lambda v: a @ v, start, k=3, num_matvecs=20)
     ```
 
     Reference:
         - [Golub & Van Loan, Matrix Computations, §10.1](
           https://jhupbooks.press.jhu.edu/title/matrix-computations)
+        - [Parlett, The Symmetric Eigenvalue Problem, §13.2](
+          https://doi.org/10.1137/1.9781611971163)
     """
     k = validation.check_int("k", k, minimum=1)
-    num_steps = validation.check_int("num_steps", num_steps, minimum=1)
-    if num_steps < k:
+    num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
+    which = validation.check_choice("which", which, WHICH)
+    if tol is not None:
+        tol = validation.check_number("tol", tol, minimum=0.0, strict=True)
+    if num_matvecs < k:
         raise ValueError(
-            "`num_steps` must be at least `k`: m Lanczos steps give at most m "
-            f"eigenpairs. Received: num_steps={num_steps}, k={k}"
+            "`num_matvecs` must be at least `k`: m Lanczos steps give at most m "
+            f"eigenpairs. Received: num_matvecs={num_matvecs}, k={k}"
         )
-    basis, alpha, beta = lanczos(matvec, start, num_steps, rng, dtype)
+
+    def residuals(theta, s, b, chosen):
+        return b * np.abs(s[-1, chosen])
+
+    def converged(alpha, beta, b):
+        if tol is None or len(alpha) < k:
+            return False
+        theta, s = tridiagonal_eigh(np.asarray(alpha), np.asarray(beta))
+        chosen = select(theta, k, which)
+        scale = max(float(np.max(np.abs(theta))), np.finfo(np.float64).tiny)
+        return bool(np.all(residuals(theta, s, b, chosen) <= tol * scale))
+
+    basis, alpha, beta, b = lanczos(matvec, start, num_matvecs, rng, dtype, converged)
     theta, s = tridiagonal_eigh(alpha, beta)
-    order = np.argsort(theta)[::-1][:k]
+    chosen = select(theta, k, which)
     vectors = []
-    for j in order:
+    for j in chosen:
         ritz = s[:, j] @ basis
         vectors.append(ritz / np.linalg.norm(ritz))
-    return theta[order].astype(np.float64), np.stack(vectors)
+    return (
+        theta[chosen].astype(np.float64),
+        np.stack(vectors),
+        residuals(theta, s, b, chosen).astype(np.float64),
+    )

@@ -1,4 +1,29 @@
-"""`HessianOperator`: the Hessian of a Keras model's loss as a linear operator."""
+"""Curvature matrices of a Keras model's loss as linear operators.
+
+`CurvatureOperator` holds what every curvature matrix shares: the data
+(`CurvatureData`, in memory or streamed), the batch-size-weighted sum over
+batches and replicas, and the estimators (eigenpairs, trace, diagonal,
+spectral density, SciPy export). `HessianOperator` is defined here;
+`GGNOperator` (`ggn.py`) and `EmpiricalFisherOperator` (`fisher.py`)
+differ only in the product on one batch.
+
+Cost model (every estimator takes `num_matvecs`, the number of products
+it computes; `matvec_count` counts them): one product is one pass over all
+of `data`, and costs, per example, about
+
+```
+Hessian            2–3 gradients   (reverse over reverse, benchmarks/hessian.md)
+GGN                2–3 gradients   (a forward-mode JVP, then a VJP)
+empirical Fisher   2–3 gradients   (a forward-mode JVP, then a VJP)
+```
+
+with the activations of one batch (of one shard per replica) in memory at a
+time; measured times are in `benchmarks/curvature_operators.md`. Lanczos
+keeps its `num_matvecs` basis vectors (each of `num_parameters` entries, in
+the weights' dtype) in host memory.
+"""
+
+import collections
 
 import keras
 import numpy as np
@@ -10,109 +35,116 @@ from keras_eigensam.backend import distribute
 from keras_eigensam.backend import replicas
 from keras_eigensam.backend import tracing
 from keras_eigensam.hessian import probe
+from keras_eigensam.hessian.data import CurvatureData
 from keras_eigensam.hessian.density import spectral_density
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
 from keras_eigensam.hessian.hvp import hvp
+from keras_eigensam.hessian.lanczos import WHICH
 from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
 from keras_eigensam.hessian.power_iteration import deflated_power_iteration
+from keras_eigensam.hessian.trace import TRACE_METHODS
+from keras_eigensam.hessian.trace import Estimate
+from keras_eigensam.hessian.trace import hutchinson_diagonal
 from keras_eigensam.hessian.trace import hutchinson_trace
+from keras_eigensam.hessian.trace import hutchpp_trace
 
-#: The eigen-solvers of `HessianOperator.top_eigenpairs`.
-EIGEN_METHODS = ("power", "lanczos")
+#: The eigen-solvers of `CurvatureOperator.top_eigenpairs`.
+EIGEN_METHODS = ("lanczos", "power")
+
+class Eigenpairs(tuple):
+    """`(eigenvalues, eigenvectors)`, with the cost and residuals as attributes.
+
+    Unpacks as a pair, `eigvals, eigvecs = op.top_eigenpairs(k=3)`; the
+    attributes `eigenvalues` (NumPy, shape `(k,)`), `eigenvectors` (`k`
+    lists of tensors), `num_matvecs` (products spent) and `residuals`
+    (`‖Mv − λv‖` of each pair, NumPy) name its parts.
+    """
+
+    def __new__(cls, eigenvalues, eigenvectors, num_matvecs, residuals):
+        pair = super().__new__(cls, (eigenvalues, eigenvectors))
+        pair.eigenvalues = eigenvalues
+        pair.eigenvectors = eigenvectors
+        pair.num_matvecs = num_matvecs
+        pair.residuals = residuals
+        return pair
 
 
-class HessianOperator:
-    """The Hessian of a Keras model's loss as a linear operator.
-
-    The operator is `H = ∇²L(w)`, the Hessian with respect to the model's
-    trainable weights `w` of the mean loss over the examples in `data`, plus
-    `model.losses` (weight and activity regularisers):
+class CurvatureOperator:
+    """A curvature matrix `M` of a model's mean loss over a data set.
 
     ```
-    L(w) = Σ_b n_b · L_b(w) / Σ_b n_b + Σ model.losses
-    H·v  = Σ_b n_b · H_b·v / Σ_b n_b        # batch-size-weighted average
+    L(w)  = Σ_b n_b · L_b(w) / Σ_b n_b          (mean loss over the data set)
+    M·v   = Σ_b n_b · M_b·v / Σ_b n_b           (batch-size-weighted average)
     ```
 
-    where `L_b` is the (sample-weighted) mean loss on batch `b` of `n_b`
-    examples (`keras_eigensam.hessian.probe.ProbeLoss`). The batches are
-    read once, at construction, and kept: power iteration and Lanczos need
-    the same linear map at every product, and a shuffled or augmented
-    dataset would change it between products. Every product is exact, also
-    for embeddings and normalization layers (see `hvp`).
+    `L_b` is the (sample-weighted) mean loss of batch `b` of `n_b` examples,
+    the last partial batch included, and `M_b` that batch's matrix: the
+    Hessian (`HessianOperator`), the generalized Gauss-Newton matrix
+    (`GGNOperator`) or the empirical Fisher (`EmpiricalFisherOperator`).
+    Subclasses implement `_batch_product(batch, vectors) -> M_b·v`.
 
-    `training` chooses the operator, and the two can differ by orders of
-    magnitude (`benchmarks/hessian.md`), so report it with every figure.
-    `training=False` uses BatchNormalization's moving statistics and
-    disables dropout; `training=True` uses batch statistics and draws
-    dropout masks from the layers' current seed state, the same masks for
-    every product (the operator stays linear and symmetric). Neither changes
-    the model: the forward passes run in a `keras.StatelessScope`, so moving
-    statistics and seed states are never written, and the model's
-    `trainable` flags are not touched.
+    Data (`CurvatureData`): one batch, in-memory arrays split by
+    `batch_size`, a list of batches, or a `tf.data.Dataset` streamed anew
+    at every product, which must yield the same batches every time (checked
+    at construction; a reshuffling data set is refused).
+
+    `training=False` runs the model in inference mode (moving statistics,
+    no dropout); `training=True` uses batch statistics and draws dropout
+    masks from the layers' current seed state, the same at every product.
+    Neither writes any variable: the forward passes run in a
+    `keras.StatelessScope`.
 
     Under a `tf.distribute` strategy (the model was built under its scope,
     or the operator is created inside one) every batch is split into one
-    shard per replica; each replica computes `n_r · H_r·v` on its shard and
-    both it and `n_r` are all-reduced (mean), so the result is the Hessian of
-    the global batch's loss whatever the shard sizes, and is identical on all
-    replicas. With `training=True`, BatchNormalization then uses each
-    shard's statistics, as it does in a distributed training step.
+    shard per replica; each replica computes `n_r · M_r·v` on its shard and
+    both it and `n_r` are all-reduced (mean), so the product is that of the
+    whole batch whatever the shard sizes, identical on all replicas.
 
-    The estimators are free functions over a `matvec`
-    (`power_iteration.deflated_power_iteration`,
-    `lanczos.lanczos_eigenpairs`, `trace.hutchinson_trace`,
-    `density.spectral_density`); the methods here run them on this
-    operator. Eigenvalues come back as NumPy arrays, eigenvectors as lists
-    of tensors shaped like `model.trainable_variables`, with unit global
-    norm. `num_parameters`, `num_examples` and `num_hvps` (products computed
-    so far, each over all of `data`) help to budget a computation;
-    `loss_value()` gives `L(w)` itself.
+    Estimators: `top_eigenpairs` (Lanczos with full reorthogonalisation or
+    deflated power iteration; largest, smallest or largest-magnitude
+    eigenvalues), `trace` (Hutchinson or Hutch++, with a standard error),
+    `diagonal` (Hutchinson), `density` (stochastic Lanczos quadrature) and
+    `to_scipy` (a `scipy.sparse.linalg.LinearOperator`). Each takes
+    `num_matvecs`, the number of products it may compute. Vectors are lists
+    of tensors shaped like `model.trainable_variables`.
 
     Args:
-        model: A built Keras model (or layer) with trainable weights. An
-            unbuilt model is built by calling it once on the first batch in
-            inference mode.
+        model: A built Keras model (or layer) with trainable weights and one
+            output tensor. An unbuilt model is built by calling it once on
+            the first batch in inference mode.
         loss: A Keras loss: a `keras.losses.Loss`, its name (e.g.
             `"sparse_categorical_crossentropy"`) or a callable
             `loss(y_true, y_pred)` returning per-example losses or a scalar.
             Per-example losses are averaged with the loss's reduction
             (`"sum_over_batch_size"` for names and callables), weighted by
             `sample_weight` when the data has one. `None` uses `model.loss`.
-        data: One batch `(x, y)` or `(x, y, sample_weight)` (a tuple), or a
-            `tf.data.Dataset` or other iterable of such batches.
+        data: One batch `(x, y)` or `(x, y, sample_weight)` (a tuple), a
+            list of batches, a `tf.data.Dataset` (streamed at every product;
+            it must not reshuffle), or a `CurvatureData`.
         training: Whether to run the model in training mode (batch
             statistics, dropout). Defaults to `False`.
-        hvp_mode: `"reverse_over_reverse"` or `"forward_over_backward"`; see
-            `hvp`. Defaults to `"reverse_over_reverse"`, the faster in this
-            project's measurements (`benchmarks/hessian.md`).
-        jit_compile: Whether to compile the per-batch HVP with XLA. Defaults
-            to `False`.
+        batch_size: Split an in-memory `(x, y[, sample_weight])` into
+            batches of this size (the last one partial). `None` keeps one
+            batch. Defaults to `None`.
+        jit_compile: Whether to compile the per-batch product with XLA.
+            Defaults to `False`.
+        check_deterministic: Whether to check that a streamed data set
+            yields the same batches twice. Defaults to `True`.
 
     Raises:
         TypeError: if `model` is not a Keras model or layer, `loss` is not a
             loss, `data` is neither a batch nor an iterable of batches, or
             `training`/`jit_compile` is not a bool.
         ValueError: if `model` has no trainable weights, `data` has no
-            batches or a batch without targets or examples, `hvp_mode` is
-            unknown, or, under a strategy, a batch has fewer examples than
-            replicas.
+            batches or a batch without targets or examples, a streamed data
+            set reshuffles, or, under a strategy, a batch has fewer examples
+            than replicas.
         RuntimeError: if created inside `strategy.run` (use `hvp` there).
-
-    Example:
-
-    ```python
-    op = hessian.HessianOperator(model, "sparse_categorical_crossentropy",
-                                 (x_batch, y_batch), training=False)
-    eigvals, eigvecs = op.top_eigenpairs(k=5, method="lanczos", num_steps=30)
-    trace = op.trace(num_samples=100, seed=0)
-    grid, density = op.density(num_steps=50, num_probes=4, seed=0)
-    ```
-
-    Reference:
-        - [Ghorbani et al., 2019](https://arxiv.org/abs/1901.10159)
-        - [Yao et al., PyHessian, 2020](https://arxiv.org/abs/1912.07145)
     """
+
+    #: What the operator is, for messages and logs ("Hessian", "GGN", ...).
+    kind = "curvature"
 
     def __init__(
         self,
@@ -120,8 +152,9 @@ class HessianOperator:
         loss,
         data,
         training=False,
-        hvp_mode=DEFAULT_HVP_MODE,
+        batch_size=None,
         jit_compile=False,
+        check_deterministic=True,
     ):
         if not isinstance(model, keras.layers.Layer):
             raise TypeError(
@@ -130,50 +163,53 @@ class HessianOperator:
             )
         self.training = validation.check_bool("training", training)
         self.jit_compile = validation.check_bool("jit_compile", jit_compile)
-        self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
         if replicas.in_replica_context():
             raise RuntimeError(
-                "HessianOperator must be created outside `strategy.run`; "
+                f"{type(self).__name__} must be created outside `strategy.run`; "
                 "inside a replica context use `hessian.hvp` and all-reduce "
                 "the result."
             )
         self.model = model
+        if isinstance(data, CurvatureData):
+            self.data = data
+        else:
+            self.data = CurvatureData(data, batch_size, check_deterministic)
         self._strategy = replicas.strategy_of(model)
-        self._probe = probe.ProbeLoss(model, loss, data, training=self.training)
+        # ProbeLoss builds the model, resolves the loss and gives L(w).
+        self._probe = probe.ProbeLoss(model, loss, self.data, training=self.training)
         self.variables = self._probe.variables
         self.loss = self._probe.loss
         self.num_parameters = int(sum(int(np.prod(v.shape)) for v in self.variables))
-        self.num_examples = self._probe.num_examples
-        #: Number of Hessian-vector products computed so far (each over all
-        #: of `data`).
-        self.num_hvps = 0
+        self.num_examples = self.data.num_examples
+        #: Number of products computed so far (each over all of `data`).
+        self.matvec_count = 0
         self._dtype = np.dtype(self.variables[0].dtype)
         # A fresh function per operator: tracing it is expected, so TF's
         # retracing warning (keyed on the Python function) stays quiet.
-        self._batch_hvp = tracing.function(
-            lambda batch, vectors: self._weighted_batch_hvp(batch, vectors),
+        self._batch_matvec = tracing.function(
+            lambda batch, vectors: self._weighted_product(batch, vectors),
             self.jit_compile,
         )
         if self._strategy.num_replicas_in_sync > 1:
-            self._distributed_batches = [
-                replicas.split_batch(self._strategy, batch, probe.batch_size(batch["x"]))
-                for batch in self._probe.batches
-            ]
-            self._distributed_hvp = replicas.run_replicated(
-                self._strategy, self._replica_hvp
+            self._replicated_matvec = replicas.run_replicated(
+                self._strategy, self._replica_product
             )
 
     # ----------------------------------------------------------- the operator
 
+    def _batch_product(self, batch, vectors):
+        """`M_b·v` on one batch (or one replica's shard)."""
+        raise NotImplementedError
+
     def matvec(self, vectors):
-        """Hessian-vector product `H·v` over all of `data`.
+        """The product `M·v` over all of `data`.
 
         Args:
             vectors: List of tensors (or arrays) shaped like
                 `model.trainable_variables`.
 
         Returns:
-            List of tensors `H·v`, shaped like `model.trainable_variables`.
+            List of tensors `M·v`, shaped like `model.trainable_variables`.
 
         Raises:
             ValueError: if `vectors` does not match the trainable variables
@@ -183,19 +219,22 @@ class HessianOperator:
 
         ```python
         v = [keras.ops.ones_like(w) for w in model.trainable_variables]
-        hv = op.matvec(v)
+        mv = op.matvec(v)
         ```
         """
         vectors = probe.check_vectors(vectors, self.variables, "vectors")
-        self.num_hvps += 1
-        if self._strategy.num_replicas_in_sync > 1:
-            batches, batch_hvp = self._distributed_batches, self._distributed_hvp
-        else:
-            batches, batch_hvp = self._probe.batches, self._batch_hvp
+        self.matvec_count += 1
+        distributed = self._strategy.num_replicas_in_sync > 1
         total, count = None, None
-        for batch in batches:
-            hv, n = batch_hvp(batch, vectors)
-            total = hv if total is None else linalg.add(total, hv)
+        for batch in self.data:
+            if distributed:
+                shards = replicas.split_batch(
+                    self._strategy, batch, probe.batch_size(batch["x"])
+                )
+                mv, n = self._replicated_matvec(shards, vectors)
+            else:
+                mv, n = self._batch_matvec(batch, vectors)
+            total = mv if total is None else linalg.add(total, mv)
             count = n if count is None else count + n
         # A tensor of the weights' dtype: a Python float would be rounded
         # to float32 on its way to a float64 model.
@@ -209,19 +248,57 @@ class HessianOperator:
         """
         return self._probe.value()
 
-    def _weighted_batch_hvp(self, batch, vectors):
-        """`(n · H_b·v, n)` for one batch (or one replica's shard)."""
-        hv = hvp(
-            lambda: self._probe.batch_loss(batch), self.variables, vectors, self.hvp_mode
-        )
-        n = ops.cast(ops.shape(keras.tree.flatten(batch["x"])[0])[0], self.variables[0].dtype)
-        return linalg.scale(hv, n), n
+    def to_scipy(self):
+        """The operator as a `scipy.sparse.linalg.LinearOperator`.
 
-    def _replica_hvp(self, shard, vectors):
-        hv, n = self._batch_hvp(shard, vectors)
-        # Mean of n_r·H_r·v over mean of n_r is the global-batch Hessian for
-        # any shard sizes.
-        return distribute.all_reduce_mean(hv), distribute.all_reduce_mean(n)
+        It acts on flat float64 vectors of length `num_parameters` (the
+        trainable variables flattened in C order and concatenated in the
+        order of `model.trainable_variables`), and is symmetric, so SciPy's
+        solvers apply: `scipy.sparse.linalg.eigsh(op.to_scipy(), k=5)`.
+        Every product goes through `matvec` (and counts in
+        `matvec_count`); the products are computed in the weights' dtype.
+
+        Returns:
+            A `scipy.sparse.linalg.LinearOperator` of shape
+            `(num_parameters, num_parameters)` and dtype float64.
+
+        Raises:
+            ImportError: if SciPy is not installed.
+
+        Example:
+
+        ```python
+        from scipy.sparse.linalg import eigsh
+        eigvals = eigsh(op.to_scipy(), k=5, which="LA", return_eigenvectors=False)
+        ```
+        """
+        try:
+            from scipy.sparse.linalg import LinearOperator
+        except ImportError as error:  # pragma: no cover - scipy is a test dep
+            raise ImportError(
+                "`to_scipy` needs SciPy: `pip install scipy`."
+            ) from error
+        n = self.num_parameters
+
+        def matvec(flat):
+            flat = np.asarray(flat, dtype=np.float64).reshape(-1)
+            return self._flat_matvec(flat)
+
+        return LinearOperator(
+            (n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64
+        )
+
+    def _weighted_product(self, batch, vectors):
+        """`(n · M_b·v, n)` for one batch (or one replica's shard)."""
+        mv = self._batch_product(batch, vectors)
+        n = ops.cast(ops.shape(keras.tree.flatten(batch["x"])[0])[0], self.variables[0].dtype)
+        return linalg.scale(mv, n), n
+
+    def _replica_product(self, shard, vectors):
+        mv, n = self._batch_matvec(shard, vectors)
+        # Mean of n_r·M_r·v over mean of n_r is the global batch's product
+        # for any shard sizes.
+        return distribute.all_reduce_mean(mv), distribute.all_reduce_mean(n)
 
     def _flat_matvec(self, flat):
         return probe.flatten(self.matvec(probe.unflatten(flat, self.variables)))
@@ -231,59 +308,73 @@ class HessianOperator:
     def top_eigenpairs(
         self,
         k=1,
-        method="power",
-        max_iterations=100,
+        method="lanczos",
+        which="largest",
+        num_matvecs=None,
         tol=1e-4,
         initial=None,
-        num_steps=None,
         seed=None,
     ):
-        """The `k` top eigenvalues of the Hessian and their eigenvectors.
+        """`k` eigenpairs at one end of the spectrum.
 
-        `method="power"` runs power iteration with deflation
-        (`power_iteration.deflated_power_iteration`): the `k` eigenvalues
-        of largest *absolute* value, up to `max_iterations` products each.
-        `method="lanczos"` runs `num_steps` Lanczos steps with full
-        reorthogonalisation from one start vector
-        (`lanczos.lanczos_eigenpairs`): the `k` largest *algebraic*
-        eigenvalues, from `num_steps` products in all, usually far fewer
-        than power iteration needs; it keeps `num_steps` vectors of the size
-        of the model in host memory.
+        `which` chooses the end: `"largest"` (the largest algebraic
+        eigenvalues, what "top eigenvalue" means in the SAM papers),
+        `"smallest"` (the most negative: negative curvature) or
+        `"magnitude"` (the largest `|λ|`).
+
+        `method="lanczos"` (the default) runs Lanczos with full
+        reorthogonalisation from one start vector and stops when every
+        wanted Ritz pair has a residual `‖Mv − θv‖ ≤ tol · max|θ|` (the
+        residual comes free from the tridiagonal matrix: `|β_m s_mj|`), or
+        after `num_matvecs` products; it keeps `num_matvecs` vectors of the
+        size of the model in host memory. `method="power"` runs power
+        iteration with deflation (`P M P`, `P` projecting out the pairs
+        found): `"magnitude"` directly, `"largest"` and `"smallest"` on the
+        shifted operator `±M + |λ_d| I` (positive semi-definite, so
+        dominance order is algebraic order), after one run for the
+        dominant eigenvalue `λ_d` (skipped for `"largest"`, `k=1` when
+        `λ_d ≥ 0`: then it is the answer). The runs share `num_matvecs`
+        equally and each stops when the relative change of its eigenvalue
+        and its relative residual are below `tol`; `k` more products give
+        the residuals `‖Mv − λv‖` of the pairs found. Lanczos usually needs
+        far fewer products (`benchmarks/hessian.md`), and its residuals
+        come free.
 
         Args:
             k: Number of eigenpairs, an integer >= 1. Defaults to `1`.
-            method: `"power"` or `"lanczos"`. Defaults to `"power"`.
-            max_iterations: Power iteration: the maximum number of products
-                per eigenpair. Defaults to `100`.
-            tol: Power iteration: relative tolerance on the change of the
-                eigenvalue and on the residual `‖Hv − λv‖/|λ|` (both must
-                hold), or `None` to always run `max_iterations`. A warning
-                reports eigenpairs that did not converge. Defaults to `1e-4`.
+            method: `"lanczos"` or `"power"`. Defaults to `"lanczos"`.
+            which: `"largest"`, `"smallest"` or `"magnitude"`. Defaults to
+                `"largest"`.
+            num_matvecs: The most products the call computes, >= `k`
+                (power iteration: plus `k` for the residuals).
+                `None` uses `max(30, 2k)` for Lanczos (capped at the number
+                of parameters) and 100 per power run. Defaults to `None`.
+            tol: Relative tolerance of the stopping rule, > 0, or `None` to
+                spend all `num_matvecs`. A `UserWarning` reports power runs
+                that did not converge. Defaults to `1e-4`.
             initial: Start vector (list of tensors shaped like the trainable
-                variables): of the first power iteration, or of Lanczos.
-                `None` draws a Gaussian vector. Defaults to `None`.
-            num_steps: Lanczos: number of steps (products), >= `k`; capped
-                at the number of parameters. `None` uses `max(30, 2k)`.
-                Defaults to `None`.
+                variables) of Lanczos or of the first power run. `None`
+                draws a Gaussian vector. Defaults to `None`.
             seed: Seed of the random start vectors. Defaults to `None`.
 
         Returns:
-            A tuple `(eigvals, eigvecs)`: a NumPy array of shape `(k,)` and a
-            list of `k` eigenvectors, each a list of tensors shaped like the
-            trainable variables with unit global norm. Lanczos sorts the
-            eigenvalues in decreasing order; power iteration returns them in
-            the order found (decreasing absolute value).
+            An `Eigenpairs` pair `(eigenvalues, eigenvectors)`: a NumPy
+            array of shape `(k,)` sorted from the chosen end (decreasing for
+            `"largest"`, increasing for `"smallest"`, decreasing `|λ|` for
+            `"magnitude"`) and `k` eigenvectors (lists of tensors with unit
+            global norm); its attributes `num_matvecs` and `residuals` give
+            the products spent and the residual norms `‖Mv − λv‖`.
 
         Raises:
             ValueError: if `k` < 1 or exceeds the number of parameters,
-                `method` is unknown, `num_steps` < `k`, `max_iterations` < 1,
+                `method` or `which` is unknown, `num_matvecs` < `k`,
                 `tol` <= 0, or `initial` does not match the variables.
 
         Example:
 
         ```python
-        eigvals, eigvecs = op.top_eigenpairs(k=5, method="lanczos", num_steps=30)
-        lam_max, v = eigvals[0], eigvecs[0]
+        eigvals, eigvecs = op.top_eigenpairs(k=5)
+        lam_min = op.top_eigenpairs(which="smallest").eigenvalues[0]
         ```
         """
         k = validation.check_int("k", k, minimum=1)
@@ -293,76 +384,153 @@ class HessianOperator:
                 f"({self.num_parameters}). Received: k={k}"
             )
         method = validation.check_choice("method", method, EIGEN_METHODS)
-        max_iterations = validation.check_int("max_iterations", max_iterations, minimum=1)
+        which = validation.check_choice("which", which, WHICH)
         if tol is not None:
             tol = validation.check_number("tol", tol, minimum=0.0, strict=True)
-        if num_steps is None:
-            num_steps = max(30, 2 * k)
-        num_steps = validation.check_int("num_steps", num_steps, minimum=1)
-        if num_steps < k:
-            raise ValueError(
-                "`num_steps` must be at least `k`: m Lanczos steps give at "
-                f"most m eigenpairs. Received: num_steps={num_steps}, k={k}"
-            )
+        if num_matvecs is not None:
+            num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
+            if num_matvecs < k:
+                raise ValueError(
+                    "`num_matvecs` must be at least `k`: every eigenpair "
+                    f"needs a product. Received: num_matvecs={num_matvecs}, k={k}"
+                )
         if initial is not None:
             initial = probe.check_vectors(initial, self.variables, "initial")
         rng = np.random.default_rng(seed)
+        start_count = self.matvec_count
         if method == "lanczos":
-            if initial is not None:
-                start = probe.flatten(initial)
-            else:
-                start = rng.standard_normal(self.num_parameters)
-            eigvals, vectors = lanczos_eigenpairs(
-                self._flat_matvec, start, k, num_steps, rng, self._dtype
+            if num_matvecs is None:
+                num_matvecs = max(30, 2 * k)
+            start = (
+                probe.flatten(initial)
+                if initial is not None
+                else rng.standard_normal(self.num_parameters)
             )
-            return eigvals, [probe.unflatten(v, self.variables) for v in vectors]
+            eigvals, vectors, residuals = lanczos_eigenpairs(
+                self._flat_matvec, start, k, num_matvecs, rng, self._dtype, which, tol
+            )
+            eigvecs = [probe.unflatten(v, self.variables) for v in vectors]
+        else:
+            eigvals, eigvecs = self._power_eigenpairs(k, which, num_matvecs, tol, initial, rng)
+            residuals = None
+        if residuals is None:
+            residuals = np.asarray(
+                [
+                    float(linalg.global_norm(linalg.add_scaled(self.matvec(v), v, -lam)))
+                    for lam, v in zip(eigvals, eigvecs)
+                ]
+            )
+        return Eigenpairs(eigvals, eigvecs, self.matvec_count - start_count, residuals)
+
+    def _power_eigenpairs(self, k, which, num_matvecs, tol, initial, rng):
+        runs = k if which == "magnitude" else k + 1
+        per_run = 100 if num_matvecs is None else max(1, num_matvecs // runs)
 
         def start(index):
             if index == 0 and initial is not None:
                 return initial
             return probe.unflatten(rng.standard_normal(self.num_parameters), self.variables)
 
-        return deflated_power_iteration(
-            self.matvec, k, start, max_iterations, tol
-        )
+        if which == "magnitude":
+            return deflated_power_iteration(self.matvec, k, start, per_run, tol)
+        sign = 1.0 if which == "largest" else -1.0
 
-    def trace(self, num_samples=100, seed=None):
-        """Hutchinson estimate of the Hessian's trace (`trace.hutchinson_trace`).
+        def signed(vectors):
+            return linalg.scale(self.matvec(vectors), sign)
 
-        ```
-        tr(H) ≈ (1/m) Σ_i z_iᵀ H z_i,    z_i with independent ±1 entries
-        ```
+        dominant, vectors = deflated_power_iteration(signed, 1, start, per_run, tol)
+        if k == 1 and dominant[0] >= 0:
+            return sign * dominant, vectors
+        shift = abs(float(dominant[0]))
+
+        def shifted(vectors):
+            return linalg.add_scaled(signed(vectors), vectors, shift)
+
+        def restart(index):
+            return vectors[0] if index == 0 and dominant[0] >= 0 else start(index + 1)
+
+        mu, eigvecs = deflated_power_iteration(shifted, k, restart, per_run, tol)
+        return sign * (mu - shift), eigvecs
+
+    def trace(self, num_matvecs=100, method="hutchinson", seed=None):
+        """Estimate of the trace `tr(M)`, with its standard error.
+
+        `"hutchinson"`: `tr(M) ≈ mean_i z_iᵀ M z_i` over `num_matvecs`
+        Rademacher probes. `"hutch++"`: the same number of products spent
+        as a third on a sketch `Q` of the top of the spectrum, a third on
+        `tr(QᵀMQ)` (exact), and a third on Hutchinson for the rest,
+        `(I − QQᵀ) M (I − QQᵀ)`: much lower variance when the spectrum
+        decays, as a Hessian's does (`trace.hutchpp_trace`).
 
         Args:
-            num_samples: Number of probes `m` (one product each), >= 1.
+            num_matvecs: Number of products, >= 1 (>= 3 for `"hutch++"`).
                 Defaults to `100`.
+            method: `"hutchinson"` or `"hutch++"`. Defaults to
+                `"hutchinson"`.
             seed: Seed of the probes. Defaults to `None`.
 
         Returns:
-            The estimate, a Python float.
+            An `Estimate(value, std_error)` named tuple of Python floats; the
+            standard error is that of the random part, `nan` from one probe.
 
         Raises:
-            ValueError: if `num_samples` < 1.
+            ValueError: if `num_matvecs` is too small or `method` unknown.
 
         Example:
 
         ```python
-        trace = op.trace(num_samples=200, seed=0)
+        value, std_error = op.trace(num_matvecs=99, method="hutch++", seed=0)
         ```
         """
-        return hutchinson_trace(
-            self._flat_matvec, self.num_parameters, num_samples, seed
-        )
+        method = validation.check_choice("method", method, TRACE_METHODS)
+        estimator = hutchinson_trace if method == "hutchinson" else hutchpp_trace
+        return estimator(self._flat_matvec, self.num_parameters, num_matvecs, seed)
 
-    def density(self, num_steps=50, num_probes=4, num_points=1024, sigma=None, seed=None):
-        """Spectral density by stochastic Lanczos quadrature.
+    def diagonal(self, num_matvecs=100, seed=None):
+        """Hutchinson estimate of the diagonal of `M`, with standard errors.
 
-        See `density.spectral_density`: `num_steps × num_probes` products,
-        a density of the eigenvalues that integrates to 1 over the grid.
+        ```
+        diag(M) ≈ mean_i z_i ⊙ M z_i,    z_i with independent ±1 entries
+        ```
 
         Args:
-            num_steps: Lanczos steps per probe (products), >= 1; capped at the
-                number of parameters. Defaults to `50`.
+            num_matvecs: Number of probes (products), >= 1. Defaults to
+                `100`.
+            seed: Seed of the probes. Defaults to `None`.
+
+        Returns:
+            An `Estimate(value, std_error)` named tuple of two lists of
+            NumPy arrays shaped like the trainable variables.
+
+        Raises:
+            ValueError: if `num_matvecs` < 1.
+
+        Example:
+
+        ```python
+        diag, std_error = op.diagonal(num_matvecs=200, seed=0)
+        ```
+        """
+        value, std_error = hutchinson_diagonal(
+            self._flat_matvec, self.num_parameters, num_matvecs, seed
+        )
+        def shaped(flat):
+            return [np.asarray(t) for t in probe.unflatten(flat, self.variables)]
+
+        return Estimate(shaped(value), shaped(std_error))
+
+    def density(self, num_matvecs=200, num_probes=4, num_points=1024, sigma=None, seed=None):
+        """Spectral density by stochastic Lanczos quadrature.
+
+        See `density.spectral_density`: `num_probes` Gaussian start vectors,
+        `num_matvecs // num_probes` Lanczos steps each, a Gaussian-broadened
+        density of the eigenvalues that integrates to 1 over the grid. Draw
+        it with `keras_eigensam.experiments.plotting.plot_density` (log
+        scale, as the papers do).
+
+        Args:
+            num_matvecs: Number of products in all, >= `num_probes`.
+                Defaults to `200`.
             num_probes: Number of random start vectors, >= 1. Defaults to `4`.
             num_points: Number of grid points, >= 2. Defaults to `1024`.
             sigma: Width of the Gaussian broadening, > 0, or `None` for 1 %
@@ -378,17 +546,74 @@ class HessianOperator:
         Example:
 
         ```python
-        grid, density = op.density(num_steps=50, num_probes=4, seed=0)
-        plt.semilogy(grid, density + 1e-7)
+        grid, density = op.density(num_matvecs=200, num_probes=4, seed=0)
         ```
         """
         return spectral_density(
             self._flat_matvec,
             self.num_parameters,
-            num_steps=num_steps,
+            num_matvecs=num_matvecs,
             num_probes=num_probes,
             num_points=num_points,
             sigma=sigma,
             seed=seed,
             dtype=self._dtype,
         )
+
+
+class HessianOperator(CurvatureOperator):
+    """The Hessian of a Keras model's mean loss over a batch or a data set.
+
+    `M = ∇²L(w)`, the Hessian with respect to the trainable weights of the
+    mean loss over `data` plus `model.losses` (weight and activity
+    regularisers); see `CurvatureOperator` for the data, the distribution
+    and the estimators. Every product is exact, also for embeddings and
+    normalization layers (see `hvp`); `training` chooses the operator, and
+    the two can differ by orders of magnitude (`benchmarks/hessian.md`), so
+    report it with every figure.
+
+    Args and errors: as `CurvatureOperator`'s, plus
+
+        hvp_mode: `"reverse_over_reverse"` or `"forward_over_backward"`; see
+            `hvp`. Defaults to `"reverse_over_reverse"`, the faster in this
+            project's measurements (`benchmarks/hessian.md`). An unknown
+            mode raises a `ValueError`.
+
+    Example:
+
+    ```python
+    op = hessian.HessianOperator(model, "sparse_categorical_crossentropy",
+                                 (x_batch, y_batch), training=False)
+    eigvals, eigvecs = op.top_eigenpairs(k=5, num_matvecs=30)
+    trace, std_error = op.trace(num_matvecs=99, method="hutch++", seed=0)
+    grid, density = op.density(num_matvecs=200, num_probes=4, seed=0)
+    ```
+
+    Reference:
+        - [Ghorbani et al., 2019](https://arxiv.org/abs/1901.10159)
+        - [Yao et al., PyHessian, 2020](https://arxiv.org/abs/1912.07145)
+    """
+
+    kind = "Hessian"
+
+    def __init__(
+        self,
+        model,
+        loss,
+        data,
+        training=False,
+        batch_size=None,
+        hvp_mode=DEFAULT_HVP_MODE,
+        jit_compile=False,
+        check_deterministic=True,
+    ):
+        self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
+        super().__init__(
+            model, loss, data, training, batch_size, jit_compile, check_deterministic
+        )
+
+    def _batch_product(self, batch, vectors):
+        return hvp(
+            lambda: self._probe.batch_loss(batch), self.variables, vectors, self.hvp_mode
+        )
+

@@ -15,7 +15,7 @@ from keras_eigensam import linalg
 from keras_eigensam import validation
 
 
-def power_iteration(matvec, v0, num_iterations, tol=None, final_update=False):
+def power_iteration(matvec, v0, num_matvecs, tol=None, final_update=False):
     """Dominant eigenpair of a symmetric operator by power iteration.
 
     Converges to the eigenvalue of largest absolute value, at the rate
@@ -32,7 +32,7 @@ def power_iteration(matvec, v0, num_iterations, tol=None, final_update=False):
     `λ = <v, Hv>`, so `(λ, v)` always belong together (the last product is
     spent on λ and on the residual, not on one more update of `v`).
 
-    With `tol=None` exactly `num_iterations` products are computed, by a
+    With `tol=None` exactly `num_matvecs` products are computed, by a
     Python-unrolled loop: it needs no while loop, so it also runs in a
     replica context where `matvec` all-reduces through `merge_call`
     (MirroredStrategy on CPUs), and under XLA. With `tol` set the loop is a
@@ -61,10 +61,10 @@ def power_iteration(matvec, v0, num_iterations, tol=None, final_update=False):
             must return the same (all-reduced) result on every replica.
         v0: Starting vector (list of tensors), normalised inside; it must
             not be zero.
-        num_iterations: Number of products (`tol=None`) or the maximum
+        num_matvecs: Number of products (`tol=None`) or the maximum
             number (`tol` set), a Python integer >= 1.
         tol: Relative tolerance of the stopping rule, or `None` to always
-            run `num_iterations`. Defaults to `None`.
+            run `num_matvecs`. Defaults to `None`.
         final_update: If `True`, spend the last product on one more update
             too: the returned vector is `Hv/‖Hv‖` for the last `v` multiplied,
             and the eigenvalue is the Rayleigh quotient of that `v`. Then
@@ -77,14 +77,14 @@ def power_iteration(matvec, v0, num_iterations, tol=None, final_update=False):
         quotient) and a list of tensors with unit global norm.
 
     Raises:
-        TypeError: if `num_iterations` is not an integer or `tol` not a number.
-        ValueError: if `num_iterations` < 1 or `tol` <= 0.
+        TypeError: if `num_matvecs` is not an integer or `tol` not a number.
+        ValueError: if `num_matvecs` < 1 or `tol` <= 0.
 
     Example:
 
     ```python
     lam, v = hessian.power_iteration(
-        lambda v: hessian.hvp(loss_fn, variables, v), v0, num_iterations=20)
+        lambda v: hessian.hvp(loss_fn, variables, v), v0, num_matvecs=20)
     ```
 
     Reference:
@@ -92,18 +92,18 @@ def power_iteration(matvec, v0, num_iterations, tol=None, final_update=False):
           https://jhupbooks.press.jhu.edu/title/matrix-computations)
     """
     eigenvalue, eigenvector, _ = power_iteration_with_info(
-        matvec, v0, num_iterations, tol, final_update=final_update
+        matvec, v0, num_matvecs, tol, final_update=final_update
     )
     return eigenvalue, eigenvector
 
 
-def power_iteration_with_info(matvec, v0, num_iterations, tol=None, final_update=False):
+def power_iteration_with_info(matvec, v0, num_matvecs, tol=None, final_update=False):
     """`power_iteration` plus a dict with `iterations`, `change`, `residual`.
 
     `iterations` counts the products, `change` and `residual` are the two
     quantities of the stopping rule at the returned eigenvalue.
     """
-    num_iterations = validation.check_int("num_iterations", num_iterations, minimum=1)
+    num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
     if tol is not None:
         tol = validation.check_number("tol", tol, minimum=0.0, strict=True)
     v, _ = linalg.normalize(list(v0))
@@ -119,9 +119,9 @@ def power_iteration_with_info(matvec, v0, num_iterations, tol=None, final_update
 
     change = ops.cast(float("inf"), lam.dtype)
     if tol is None:
-        for _ in range(num_iterations - 1):
+        for _ in range(num_matvecs - 1):
             v, hv, lam, change = step(v, hv, lam)
-        iterations = num_iterations
+        iterations = num_matvecs
     else:
 
         def cond(i, v, hv, lam, change, converged):
@@ -136,7 +136,7 @@ def power_iteration_with_info(matvec, v0, num_iterations, tol=None, final_update
 
         start = (ops.convert_to_tensor(1), v, hv, lam, change, ops.convert_to_tensor(False))
         iterations, v, hv, lam, change, _ = ops.while_loop(
-            cond, body, start, maximum_iterations=num_iterations - 1
+            cond, body, start, maximum_iterations=num_matvecs - 1
         )
     info = {
         "iterations": iterations,
@@ -171,7 +171,7 @@ def _relative_residual(v, hv, lam):
     return linalg.global_norm(linalg.add_scaled(hv, v, -lam)) / ops.abs(lam)
 
 
-def deflated_power_iteration(matvec, k, start, max_iterations=100, tol=1e-4):
+def deflated_power_iteration(matvec, k, start, num_matvecs=100, tol=1e-4):
     """The `k` eigenpairs of largest |λ|, by power iteration with deflation.
 
     Eigenpair `i` is the dominant eigenpair of `H` projected onto the
@@ -182,7 +182,7 @@ def deflated_power_iteration(matvec, k, start, max_iterations=100, tol=1e-4):
     ```
 
     so the eigenvalues come in the order of decreasing absolute value. Each
-    costs up to `max_iterations` products, many when eigenvalues are close;
+    costs up to `num_matvecs` products, many when eigenvalues are close;
     a `UserWarning` names every eigenpair that did not meet `tol`.
 
     Args:
@@ -190,10 +190,10 @@ def deflated_power_iteration(matvec, k, start, max_iterations=100, tol=1e-4):
         k: Number of eigenpairs, >= 1.
         start: Function `index -> v0` giving the start vector of eigenpair
             `index` (a list of tensors), called in order.
-        max_iterations: Maximum number of products per eigenpair. Defaults
+        num_matvecs: Maximum number of products per eigenpair. Defaults
             to `100`.
         tol: Tolerance of `power_iteration`'s stopping rule, or `None` to
-            always run `max_iterations`. Defaults to `1e-4`.
+            always run `num_matvecs`. Defaults to `1e-4`.
 
     Returns:
         A tuple `(eigvals, eigvecs)`: a float64 NumPy array of shape `(k,)`
@@ -217,7 +217,7 @@ def deflated_power_iteration(matvec, k, start, max_iterations=100, tol=1e-4):
         lam, v, info = power_iteration_with_info(
             lambda v, project=project: project(matvec(project(v))),
             project(start(index)),
-            max_iterations,
+            num_matvecs,
             tol,
         )
         if tol is not None and not (
@@ -225,10 +225,10 @@ def deflated_power_iteration(matvec, k, start, max_iterations=100, tol=1e-4):
         ):
             warnings.warn(
                 f"Power iteration for eigenpair {index} did not reach "
-                f"tol={tol} in max_iterations={max_iterations} products "
+                f"tol={tol} in num_matvecs={num_matvecs} products "
                 f"(relative change {float(info['change']):.2e}, relative "
                 f"residual {float(info['residual']):.2e}). Increase "
-                "`max_iterations` or use `method='lanczos'`.",
+                "`num_matvecs` or use `method='lanczos'`.",
                 stacklevel=3,
             )
         eigvals.append(float(lam))

@@ -72,43 +72,52 @@ def read_batches(data):
             "tuple), or a `tf.data.Dataset` or iterable of such batches. "
             f"Received: data of type {type(data).__name__}"
         )
-    batches = []
-    for index, raw in enumerate(raw_batches):
-        if isinstance(raw, dict) and {"x", "y"} <= set(raw):
-            batches.append(raw)  # read already
-            continue
-        if not isinstance(raw, (tuple, list)) or len(raw) not in (2, 3):
-            length = f" with {len(raw)} elements" if isinstance(raw, (tuple, list)) else ""
-            raise ValueError(
-                "Every batch of `data` must be `(x, y)` or `(x, y, "
-                f"sample_weight)`. Received: batch {index} of type "
-                f"{type(raw).__name__}{length}. Pass a single batch as a "
-                "tuple, not a list."
-            )
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(raw))
-        if y is None:
-            raise ValueError(
-                f"Every batch of `data` needs targets `y`. Received: batch "
-                f"{index} with y=None"
-            )
-        batch = {
-            "x": keras.tree.map_structure(ops.convert_to_tensor, x),
-            "y": keras.tree.map_structure(ops.convert_to_tensor, y),
-        }
-        if sample_weight is not None:
-            batch["sample_weight"] = ops.convert_to_tensor(sample_weight)
-        if batch_size(batch["x"]) == 0:
-            raise ValueError(
-                "`data` must not be empty: every batch needs at least one "
-                f"example. Received: batch {index} of `data` with 0 examples"
-            )
-        batches.append(batch)
+    batches = [read_batch(raw, index) for index, raw in enumerate(raw_batches)]
     if not batches:
         raise ValueError(
             "`data` must not be empty: it must contain at least one batch. "
             f"Received: a {type(data).__name__} with 0 batches"
         )
     return batches
+
+
+def read_batch(raw, index=0):
+    """One batch `(x, y)` / `(x, y, sample_weight)` as a dict of tensors.
+
+    A dict with `"x"` and `"y"` (a batch read already) is returned as it is.
+
+    Raises:
+        ValueError: naming batch `index`, if the batch is malformed, has no
+            targets or no examples.
+    """
+    if isinstance(raw, dict) and {"x", "y"} <= set(raw):
+        return raw
+    if not isinstance(raw, (tuple, list)) or len(raw) not in (2, 3):
+        length = f" with {len(raw)} elements" if isinstance(raw, (tuple, list)) else ""
+        raise ValueError(
+            "Every batch of `data` must be `(x, y)` or `(x, y, "
+            f"sample_weight)`. Received: batch {index} of type "
+            f"{type(raw).__name__}{length}. Pass a single batch as a "
+            "tuple, not a list."
+        )
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(raw))
+    if y is None:
+        raise ValueError(
+            f"Every batch of `data` needs targets `y`. Received: batch "
+            f"{index} with y=None"
+        )
+    batch = {
+        "x": keras.tree.map_structure(ops.convert_to_tensor, x),
+        "y": keras.tree.map_structure(ops.convert_to_tensor, y),
+    }
+    if sample_weight is not None:
+        batch["sample_weight"] = ops.convert_to_tensor(sample_weight)
+    if batch_size(batch["x"]) == 0:
+        raise ValueError(
+            "`data` must not be empty: every batch needs at least one "
+            f"example. Received: batch {index} of `data` with 0 examples"
+        )
+    return batch
 
 
 # ------------------------------------------------------------------- loss
@@ -174,12 +183,8 @@ def resolve_loss(loss, model):
     return fn
 
 
-def mean_loss(loss, y_true, y_pred, sample_weight=None):
-    """The loss of one batch, reduced like Keras's `Loss.__call__`.
-
-    `Loss.__call__` divides the loss by the number of replicas when called in
-    a replica context (so that summing gradients gives the mean), which would
-    divide this replica's Hessian too; the reduction is done here instead.
+def loss_values(loss, y_true, y_pred):
+    """`loss.call(y_true, y_pred)` in the loss's dtype: unreduced values.
 
     Raises:
         NotImplementedError: if `y_pred` carries a Keras mask.
@@ -192,7 +197,20 @@ def mean_loss(loss, y_true, y_pred, sample_weight=None):
     convert = lambda t: ops.convert_to_tensor(t, dtype=loss.dtype)  # noqa: E731
     y_pred = keras.tree.map_structure(convert, y_pred)
     y_true = keras.tree.map_structure(convert, y_true)
-    values = ops.convert_to_tensor(loss.call(y_true, y_pred), dtype=loss.dtype)
+    return ops.convert_to_tensor(loss.call(y_true, y_pred), dtype=loss.dtype)
+
+
+def mean_loss(loss, y_true, y_pred, sample_weight=None):
+    """The loss of one batch, reduced like Keras's `Loss.__call__`.
+
+    `Loss.__call__` divides the loss by the number of replicas when called in
+    a replica context (so that summing gradients gives the mean), which would
+    divide this replica's Hessian too; the reduction is done here instead.
+
+    Raises:
+        NotImplementedError: if `y_pred` carries a Keras mask.
+    """
+    values = loss_values(loss, y_true, y_pred)
     if len(values.shape) == 0:
         # The loss reduced itself (Keras leaves such values alone too).
         return values
@@ -214,22 +232,81 @@ def mean_loss(loss, y_true, y_pred, sample_weight=None):
     return ops.divide_no_nan(total, divisor)
 
 
-def model_loss(model, loss, batch, training=False, values=None):
-    """`mean_loss` of `model` on `batch` plus `model.losses`; writes nothing.
+def example_losses(loss, y_true, y_pred, sample_weight=None):
+    """Per-example losses `ℓ_i` and coefficients `c_i` with `L = Σ_i c_i ℓ_i`.
+
+    `L` is `mean_loss(loss, y_true, y_pred, sample_weight)`. A loss whose
+    per-example values have trailing axes (a sequence loss, shape `(n, t)`)
+    gives `ℓ_i` = the mean over those axes. The empirical Fisher is
+    `Σ_i c_i ∇ℓ_i ∇ℓ_iᵀ`: `c_i = w_i/n` for the mean reductions (`1/n`
+    unweighted, as in curvlinops), `w_i` for `"sum"`, and `w_i / Σ w` for
+    `"mean_with_sample_weight"` (a sample weight counts as a frequency).
+
+    Raises:
+        ValueError: if the loss reduces its values itself (no per-example
+            values), or `sample_weight` is not one weight per example.
+        NotImplementedError: if `y_pred` carries a Keras mask.
+    """
+    values = loss_values(loss, y_true, y_pred)
+    if len(values.shape) == 0:
+        raise ValueError(
+            "The empirical Fisher needs per-example losses, but the loss "
+            f"{loss.name!r} returns a scalar. Use a loss whose `call` returns "
+            "one value per example."
+        )
+    n = ops.shape(values)[0]
+    per_example = values
+    if len(values.shape) > 1:
+        per_example = ops.mean(values, axis=tuple(range(1, len(values.shape))))
+    trailing = ops.cast(ops.size(values) // n, values.dtype)
+    if sample_weight is None:
+        weights = ops.ones_like(per_example)
+    else:
+        weights = ops.cast(ops.reshape(sample_weight, (-1,)), values.dtype)
+        if weights.shape[0] is not None and values.shape[0] is not None and (
+            weights.shape[0] != values.shape[0]
+        ):
+            raise ValueError(
+                "The empirical Fisher needs one sample weight per example. "
+                f"Received: sample_weight of shape {tuple(sample_weight.shape)} "
+                f"for {values.shape[0]} examples"
+            )
+    if loss.reduction == "sum":
+        coefficients = weights * trailing
+    elif loss.reduction == "mean_with_sample_weight" and sample_weight is not None:
+        coefficients = ops.divide_no_nan(weights, ops.sum(weights))
+    else:
+        coefficients = weights / ops.cast(n, values.dtype)
+    return per_example, coefficients
+
+
+def model_outputs(model, batch, training=False, values=None):
+    """`(y_pred, losses)` of `model` on `batch["x"]`; writes nothing.
 
     The model runs in a `keras.StatelessScope` that maps each trainable
     variable to `values` (default: the variable's own backing value, so that
-    tapes watching the variables see it and weight regularisers find a
-    value); every state write (BatchNormalization statistics, seed states)
-    lands in the scope and is dropped with it.
+    tapes and forward accumulators watching the variables see it and weight
+    regularisers find a value); every state write (BatchNormalization
+    statistics, seed states) lands in the scope and is dropped with it.
+    `losses` is `model.losses` of that call (regularisers).
     """
     variables = model.trainable_variables
     if values is None:
         values = [v.value for v in variables]
     with keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=True):
         y_pred = model(batch["x"], training=training)
-        result = mean_loss(loss, batch["y"], y_pred, batch.get("sample_weight"))
-        extra = [ops.sum(ops.cast(t, result.dtype)) for t in model.losses]
+        losses = list(model.losses)
+    return y_pred, losses
+
+
+def model_loss(model, loss, batch, training=False, values=None):
+    """`mean_loss` of `model` on `batch` plus `model.losses`; writes nothing.
+
+    See `model_outputs`.
+    """
+    y_pred, losses = model_outputs(model, batch, training, values)
+    result = mean_loss(loss, batch["y"], y_pred, batch.get("sample_weight"))
+    extra = [ops.sum(ops.cast(t, result.dtype)) for t in losses]
     if extra:
         result = result + ops.sum(ops.stack(extra))
     return result
@@ -326,11 +403,16 @@ class ProbeLoss:
     def __init__(self, model, loss, data, training=False):
         self.model = model
         self.training = training
-        self.batches = read_batches(data)
+        if hasattr(data, "first") and hasattr(data, "num_examples"):
+            self.batches = data  # a `CurvatureData`, maybe streamed
+            first = data.first()
+        else:
+            self.batches = read_batches(data)
+            first = self.batches[0]
         if not model.built:
             # Building creates the weights; inference mode writes no state.
             with replicas.strategy_of(model).scope():
-                model(self.batches[0]["x"], training=False)
+                model(first["x"], training=False)
         self.variables = list(model.trainable_variables)
         if not self.variables:
             raise ValueError(
@@ -339,7 +421,9 @@ class ProbeLoss:
                 "weights, none trainable."
             )
         self.loss = resolve_loss(loss, model)
-        self.num_examples = sum(batch_size(b["x"]) for b in self.batches)
+        self.num_examples = getattr(data, "num_examples", None) or sum(
+            batch_size(b["x"]) for b in self.batches
+        )
         self._value_fn = None
         self._gradient_fn = None
 

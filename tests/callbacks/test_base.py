@@ -27,8 +27,8 @@ def test_monitors_write_no_variable():
     before = [np.array(v) for v in model.variables + model.optimizer.variables]
     for monitor in (
         callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2),
-        callbacks.HessianEigenvalueMonitor((x, y), training=True, num_steps=5),
-        callbacks.HessianEigenvalueMonitor((x, y), num_steps=5),
+        callbacks.HessianEigenvalueMonitor((x, y), training=True, num_matvecs=5),
+        callbacks.HessianEigenvalueMonitor((x, y), num_matvecs=5),
     ):
         monitor.set_model(model)
         monitor.on_epoch_end(0, {})
@@ -40,7 +40,7 @@ def test_monitors_write_no_variable():
 def all_callbacks(tmp_path, x, y):
     return [
         callbacks.HessianEigenvalueMonitor(
-            (x, y), top_k=2, num_steps=10, log_dir=str(tmp_path / "hessian")
+            (x, y), top_k=2, num_matvecs=10, log_dir=str(tmp_path / "hessian")
         ),
         callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2),
         callbacks.EigenAlignmentLogger(str(tmp_path / "alignment")),
@@ -86,7 +86,7 @@ def test_keras_tensorboard_sees_monitor_values(tmp_path):
     x, y = tiny.data()
     model = compiled_mlp()
     cbs = [
-        callbacks.HessianEigenvalueMonitor((x, y), num_steps=10),
+        callbacks.HessianEigenvalueMonitor((x, y), num_matvecs=10),
         callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2),
         keras.callbacks.TensorBoard(str(tmp_path)),
     ]
@@ -122,7 +122,7 @@ def test_monitors_under_mirrored_strategy(mirrored_strategy):
     history = model.fit(
         x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
         callbacks=[
-            callbacks.HessianEigenvalueMonitor((x, y), num_steps=30),
+            callbacks.HessianEigenvalueMonitor((x, y), num_matvecs=30),
             callbacks.SharpnessMonitor((x, y), num_samples=2, ascent_steps=2),
         ],
     )

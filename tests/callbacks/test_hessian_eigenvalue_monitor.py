@@ -20,12 +20,15 @@ def test_hessian_monitor_logs_eigenvalues_and_trace():
     model = compiled_mlp()
     exact = np.sort(np.linalg.eigvalsh(ref.mlp_hessian(tiny.weights_of(model), x64, y64)))
     monitor = callbacks.HessianEigenvalueMonitor(
-        (x, y), top_k=2, trace=True, trace_samples=20
+        (x, y), top_k=2, trace=True, trace_matvecs=20
     )
     monitor.set_model(model)
     logs = {"loss": 1.0}
     monitor.on_epoch_end(0, logs)
-    assert set(logs) == {"loss", "hessian_top_eigenvalue", "hessian_eigenvalue_2", "hessian_trace"}
+    assert set(logs) == {
+        "loss", "hessian_top_eigenvalue", "hessian_eigenvalue_2", "hessian_trace",
+        "hessian_trace_std_error",
+    }
     np.testing.assert_allclose(
         [logs["hessian_top_eigenvalue"], logs["hessian_eigenvalue_2"]],
         exact[::-1][:2], rtol=1e-4,
@@ -33,9 +36,12 @@ def test_hessian_monitor_logs_eigenvalues_and_trace():
     # The trace is Hutchinson's estimate with the monitor's seed: the same
     # number as a direct HessianOperator call.
     op = hessian.HessianOperator(model, "mse", (x, y), hvp_mode="reverse_over_reverse")
-    direct = op.trace(num_samples=20, seed=0)
-    np.testing.assert_allclose(logs["hessian_trace"], direct, rtol=1e-6)
-    assert monitor.num_hvps == 30 + 20
+    direct = op.trace(num_matvecs=20, seed=0)
+    np.testing.assert_allclose(logs["hessian_trace"], direct.value, rtol=1e-6)
+    np.testing.assert_allclose(logs["hessian_trace_std_error"], direct.std_error, rtol=1e-6)
+    eigen_cost = op.top_eigenpairs(k=2, seed=0).num_matvecs
+    assert 2 <= eigen_cost <= 30
+    assert monitor.num_matvecs_used == eigen_cost + 20
     assert monitor.history == [(0, {k: logs[k] for k in monitor.keys})]
 
 
@@ -44,7 +50,7 @@ def test_hessian_monitor_power_method_and_explicit_loss():
     model = tiny.mlp()  # not compiled: the loss is given
     lam, _, _ = ref.top_eigenpair(ref.mlp_hessian(tiny.weights_of(model), x64, y64))
     monitor = callbacks.HessianEigenvalueMonitor(
-        (x, y), method="power", loss="mse", max_iterations=200, tol=1e-6
+        (x, y), method="power", loss="mse", num_matvecs=400, tol=1e-6
     )
     monitor.set_model(model)
     np.testing.assert_allclose(monitor.measure()["hessian_top_eigenvalue"], lam, rtol=1e-4)
@@ -68,7 +74,7 @@ def test_hessian_monitor_deprecated_every_n_epochs_writes_nan_in_between():
 def test_hessian_monitor_every_epoch_is_the_default():
     x, y = tiny.data()
     model = compiled_mlp()
-    monitor = callbacks.HessianEigenvalueMonitor((x, y), num_steps=5)
+    monitor = callbacks.HessianEigenvalueMonitor((x, y), num_matvecs=5)
     assert monitor.every == "epoch"
     monitor.set_model(model)
     monitor.on_train_begin()
@@ -108,7 +114,7 @@ def test_hessian_monitor_every_int_steps_with_steps_per_execution():
     # monitor measures whenever a multiple of `every` was passed.
     x, y = tiny.data()
     model = compiled_mlp()
-    monitor = callbacks.HessianEigenvalueMonitor((x, y), every=3, num_steps=5)
+    monitor = callbacks.HessianEigenvalueMonitor((x, y), every=3, num_matvecs=5)
     monitor.set_model(model)
     monitor.on_train_begin()
     for step in (2, 4, 6, 8):
@@ -121,14 +127,14 @@ def test_hessian_monitor_saves_density_snapshots(tmp_path):
     x, y = tiny.data()
     model = compiled_mlp()
     monitor = callbacks.HessianEigenvalueMonitor(
-        (x, y), density=True, density_steps=10, density_probes=2,
+        (x, y), density=True, density_matvecs=20, density_probes=2,
         density_dir=str(tmp_path), plot_density=True,
     )
     monitor.set_model(model)
     monitor.on_epoch_end(0, {})
     saved = np.load(tmp_path / "density_step_00000000.npz")
     op = hessian.HessianOperator(model, "mse", (x, y), hvp_mode="reverse_over_reverse")
-    grid, density = op.density(num_steps=10, num_probes=2, seed=0)
+    grid, density = op.density(num_matvecs=20, num_probes=2, seed=0)
     np.testing.assert_allclose(saved["grid"], grid, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(saved["density"], density, rtol=1e-5, atol=1e-9)
     assert os.path.getsize(tmp_path / "density_step_00000000.png") > 5000
@@ -139,7 +145,7 @@ def test_hessian_monitor_trace_is_within_the_estimators_standard_error():
     x, y, x64, y64 = data64()
     model = compiled_mlp()
     h = ref.mlp_hessian(tiny.weights_of(model), x64, y64)
-    monitor = callbacks.HessianEigenvalueMonitor((x, y), trace=True, trace_samples=200, num_steps=5)
+    monitor = callbacks.HessianEigenvalueMonitor((x, y), trace=True, trace_matvecs=200, num_matvecs=5)
     monitor.set_model(model)
     std_err = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / 200)
     assert abs(monitor.measure()["hessian_trace"] - np.trace(h)) <= 5 * std_err
@@ -154,8 +160,8 @@ def test_hessian_monitor_trace_is_within_the_estimators_standard_error():
          ValueError, r"`method`.*Received: method='arnoldi'"),
         (lambda d: callbacks.HessianEigenvalueMonitor(d, hvp_mode="exact"),
          ValueError, r"`hvp_mode`.*Received: hvp_mode='exact'"),
-        (lambda d: callbacks.HessianEigenvalueMonitor(d, top_k=3, num_steps=2),
-         ValueError, r"`num_steps`.*num_steps=2, top_k=3"),
+        (lambda d: callbacks.HessianEigenvalueMonitor(d, top_k=3, num_matvecs=2),
+         ValueError, r"`num_matvecs`.*num_matvecs=2, top_k=3"),
         (lambda d: callbacks.HessianEigenvalueMonitor(d, plot_density=True),
          ValueError, r"`plot_density=True`.*density=False"),
         (lambda d: callbacks.HessianEigenvalueMonitor(d, trace=1),

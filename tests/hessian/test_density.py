@@ -18,7 +18,7 @@ def test_density_is_the_broadened_eigenvalue_distribution():
     # With as many steps as dimensions every probe resolves the spectrum
     # exactly; the weights are random, so the agreement is statistical.
     grid, density = hessian.spectral_density(
-        lambda v: a @ v, 62, num_steps=62, num_probes=20, sigma=sigma, seed=0
+        lambda v: a @ v, 62, num_matvecs=62 * 20, num_probes=20, sigma=sigma, seed=0
     )
     np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, rtol=1e-9)
     assert np.all(density >= 0)
@@ -30,7 +30,7 @@ def test_density_is_the_broadened_eigenvalue_distribution():
 
 
 def test_default_sigma_and_a_zero_operator():
-    grid, density = hessian.spectral_density(lambda v: 0 * v, 5, num_steps=3, seed=0)
+    grid, density = hessian.spectral_density(lambda v: 0 * v, 5, num_matvecs=12, seed=0)
     np.testing.assert_allclose(grid[[0, -1]], [-5e-3, 5e-3], rtol=1e-9)  # sigma 1e-3
     np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, rtol=1e-9)
 
@@ -38,7 +38,7 @@ def test_default_sigma_and_a_zero_operator():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_steps=0), "num_steps=0"),
+        (dict(num_matvecs=0), "num_matvecs=0"),
         (dict(num_probes=0), "num_probes=0"),
         (dict(num_points=1), "num_points=1"),
         (dict(sigma=0.0), "`sigma`"),

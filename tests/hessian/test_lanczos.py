@@ -17,8 +17,8 @@ def test_top_eigenpairs_match_eigh():
     a = spectrum_matrix([5.0, 4.0, -7.0, 2.0, 1.0, 0.5, 0.25, 0.0, -0.5, -1.0])
     evals, evecs = np.linalg.eigh(a)
     rng = np.random.default_rng(1)
-    eigvals, vectors = hessian.lanczos_eigenpairs(
-        lambda v: a @ v, rng.standard_normal(10), k=3, num_steps=10, rng=rng
+    eigvals, vectors, _ = hessian.lanczos_eigenpairs(
+        lambda v: a @ v, rng.standard_normal(10), k=3, num_matvecs=10, rng=rng
     )
     # The largest algebraic eigenvalues (not -7, the largest in magnitude).
     np.testing.assert_allclose(eigvals, [5.0, 4.0, 2.0], rtol=1e-12, atol=1e-12)
@@ -34,7 +34,7 @@ def test_basis_stays_orthonormal_through_breakdown():
     # tridiagonal matrix has the whole spectrum.
     a = spectrum_matrix([3.0] * 3 + [1.0] * 3 + [-2.0] * 2)
     rng = np.random.default_rng(2)
-    basis, alpha, beta = lanczos(lambda v: a @ v, rng.standard_normal(8), 8, rng)
+    basis, alpha, beta, _ = lanczos(lambda v: a @ v, rng.standard_normal(8), 8, rng)
     assert basis.shape == (8, 8) and alpha.shape == (8,) and beta.shape == (7,)
     np.testing.assert_allclose(basis @ basis.T, np.eye(8), rtol=0, atol=1e-12)
     assert np.sum(beta == 0.0) >= 1  # at least one restart
@@ -44,16 +44,16 @@ def test_basis_stays_orthonormal_through_breakdown():
 
 def test_steps_are_capped_at_the_dimension():
     a = np.diag([1.0, 2.0, 3.0])
-    basis, alpha, _ = lanczos(lambda v: a @ v, np.ones(3), num_steps=10)
+    basis, alpha, _, _ = lanczos(lambda v: a @ v, np.ones(3), num_steps=10)
     assert basis.shape == (3, 3) and alpha.shape == (3,)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(k=0, num_steps=3), "`k` must be an integer >= 1"),
-        (dict(k=3, num_steps=2), "num_steps=2, k=3"),
-        (dict(k=1, num_steps=0), "num_steps=0"),
+        (dict(k=0, num_matvecs=3), "`k` must be an integer >= 1"),
+        (dict(k=3, num_matvecs=2), "num_matvecs=2, k=3"),
+        (dict(k=1, num_matvecs=0), "num_matvecs=0"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):

@@ -54,7 +54,7 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
 
     # Power iteration: the eigenvalue of largest magnitude.
     top = np.argmax(np.abs(evals))
-    lam, (vec,) = op.top_eigenpairs(k=1, method="power", max_iterations=300, tol=1e-6, seed=0)
+    lam, (vec,) = op.top_eigenpairs(k=1, method="power", which="magnitude", num_matvecs=300, tol=1e-6, seed=0)
     np.testing.assert_allclose(lam[0], evals[top], rtol=1e-3, atol=0)
     np.testing.assert_allclose(float(linalg.global_norm(vec)), 1.0, rtol=1e-10, atol=0)
     magnitudes = np.sort(np.abs(evals))[::-1]
@@ -62,7 +62,7 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
         assert abs(flatten(vec) @ evecs[:, top]) >= 0.999
 
     # Lanczos: the five largest eigenvalues.
-    lams, vecs = op.top_eigenpairs(k=5, method="lanczos", num_steps=40, seed=0)
+    lams, vecs = op.top_eigenpairs(k=5, method="lanczos", num_matvecs=40, seed=0)
     np.testing.assert_allclose(lams, evals[::-1][:5], rtol=1e-3, atol=0)
     assert abs(flatten(vecs[0]) @ evecs[:, -1]) >= 0.999
     for u in vecs:  # Rayleigh quotients are the returned eigenvalues
@@ -71,7 +71,7 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
     # Hutchinson: within 5 % at 200 probes (seed 0), and within 4 standard
     # errors of the Rademacher estimator. That standard error is itself
     # 4.7 % of the trace for both models, so 5 % does not hold for every seed.
-    trace = op.trace(num_samples=200, seed=0)
+    trace, _ = op.trace(num_matvecs=200, seed=0)
     exact = np.trace(h)
     std_err = np.sqrt(2 * (np.sum(h**2) - np.sum(np.diag(h) ** 2)) / 200)
     np.testing.assert_allclose(trace, exact, rtol=0.05, atol=0)
@@ -80,7 +80,7 @@ def test_eigenpairs_trace_and_density_match_full_hessian(float64, activation, ba
     # Density: integrates to 1, and its distribution matches the eigenvalues'
     # (broadened by the same sigma) in Kolmogorov-Smirnov distance.
     sigma = 0.01 * (evals[-1] - evals[0])
-    grid, density = op.density(num_steps=50, num_probes=4, sigma=sigma, seed=0)
+    grid, density = op.density(num_matvecs=200, num_probes=4, sigma=sigma, seed=0)
     np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, rtol=1e-9, atol=0)
     assert np.all(density >= 0)
     assert grid[0] <= evals[0] and grid[-1] >= evals[-1]
@@ -128,8 +128,8 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy):
     np.testing.assert_allclose(
         flatten(op_mirrored.matvec(v)), flatten(op_single.matvec(v)), rtol=1e-5, atol=1e-6
     )
-    lam_single, _ = op_single.top_eigenpairs(k=1, method="lanczos", num_steps=12, seed=0)
-    lam_mirrored, _ = op_mirrored.top_eigenpairs(k=1, method="lanczos", num_steps=12, seed=0)
+    lam_single, _ = op_single.top_eigenpairs(k=1, method="lanczos", num_matvecs=12, seed=0)
+    lam_mirrored, _ = op_mirrored.top_eigenpairs(k=1, method="lanczos", num_matvecs=12, seed=0)
     np.testing.assert_allclose(lam_mirrored, lam_single, rtol=1e-5, atol=0)
 
 
@@ -144,9 +144,9 @@ def test_model_state_and_mode_are_unchanged():
     # Dropout masks come from the unchanged seed state: the same operator at
     # every product.
     np.testing.assert_allclose(flatten(op.matvec(v)), hv, rtol=1e-6, atol=1e-7)
-    op.top_eigenpairs(k=1, max_iterations=3, tol=None, seed=0)
-    op.trace(num_samples=2, seed=0)
-    op.density(num_steps=3, num_probes=1, seed=0)
+    op.top_eigenpairs(k=1, method="power", which="magnitude", num_matvecs=3, tol=None, seed=0)
+    op.trace(num_matvecs=2, seed=0)
+    op.density(num_matvecs=3, num_probes=1, seed=0)
     inference = hessian.HessianOperator(model, logits_loss(), (x, y), training=False)
     assert not np.allclose(flatten(inference.matvec(v)), hv, rtol=1e-3)
     for old, new in zip(before, model.variables):
@@ -168,9 +168,9 @@ def small_op():
         (lambda op: op.top_eigenpairs(k=0), ValueError, "`k` must be an integer >= 1"),
         (lambda op: op.top_eigenpairs(k=9), ValueError, r"`k` must be at most .*Received: k=9"),
         (
-            lambda op: op.top_eigenpairs(k=3, method="lanczos", num_steps=2),
+            lambda op: op.top_eigenpairs(k=3, method="lanczos", num_matvecs=2),
             ValueError,
-            "num_steps=2, k=3",
+            "num_matvecs=2, k=3",
         ),
         (lambda op: op.top_eigenpairs(method="arnoldi"), ValueError, "method='arnoldi'"),
         (lambda op: op.top_eigenpairs(tol=-1.0), ValueError, "`tol`"),
@@ -182,8 +182,8 @@ def small_op():
         ),
         (lambda op: op.matvec(np.ones(8)), ValueError, "`vectors` must be a list"),
         (lambda op: op.top_eigenpairs(initial=[np.ones(3)]), ValueError, "`initial`"),
-        (lambda op: op.trace(num_samples=0), ValueError, "num_samples=0"),
-        (lambda op: op.density(num_steps=0), ValueError, "num_steps=0"),
+        (lambda op: op.trace(num_matvecs=0), ValueError, "num_matvecs=0"),
+        (lambda op: op.density(num_matvecs=0), ValueError, "num_matvecs=0"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(small_op, call, error, match):

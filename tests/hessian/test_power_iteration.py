@@ -39,7 +39,7 @@ def test_power_iteration_matches_numpy_under_xla(float64):
         return matvec(v)
 
     hessian.power_iteration(counting, v0, 7)
-    assert len(calls) == 7  # tol=None: exactly num_iterations products
+    assert len(calls) == 7  # tol=None: exactly num_matvecs products
 
     tolerant = tf.function(
         lambda v: power_iteration_with_info(matvec, v, 500, 1e-8), jit_compile=True
@@ -77,14 +77,14 @@ def test_power_iteration_inside_replica_context(mirrored_strategy):
         def matvec(v):
             return distribute.all_reduce_mean(hessian.hvp(loss_fn, variables, v))
 
-        return hessian.power_iteration(matvec, v0, num_iterations=3)
+        return hessian.power_iteration(matvec, v0, num_matvecs=3)
 
     lam, _ = tf.function(lambda v0: mirrored_strategy.run(replica_fn, args=(v0,)))(v0)
     lams = [float(t) for t in mirrored_strategy.experimental_local_results(lam)]
     single = mlp("tanh")
     single.set_weights(model.get_weights())
     op = hessian.HessianOperator(single, loss, (x, y))
-    expected, _ = hessian.power_iteration(op.matvec, v0, num_iterations=3)
+    expected, _ = hessian.power_iteration(op.matvec, v0, num_matvecs=3)
     np.testing.assert_allclose(lams, [float(expected)] * 2, rtol=1e-5, atol=0)
 
 
@@ -92,11 +92,11 @@ def test_power_iteration_final_update_moves_the_vector_with_every_product():
     a = np.diag([3.0, 1.0, 0.5]).astype("float32")
     v0 = [tf.constant([1.0, 1.0, 1.0])]
     matvec = lambda v: [tf.linalg.matvec(a, v[0])]  # noqa: E731
-    lam, v = hessian.power_iteration(matvec, v0, num_iterations=1, final_update=True)
+    lam, v = hessian.power_iteration(matvec, v0, num_matvecs=1, final_update=True)
     u = np.ones(3) / np.sqrt(3)
     np.testing.assert_allclose(float(lam), u @ a @ u, rtol=1e-6)
     np.testing.assert_allclose(np.array(v[0]), a @ u / np.linalg.norm(a @ u), rtol=1e-6)
-    lam_plain, v_plain = hessian.power_iteration(matvec, v0, num_iterations=1)
+    lam_plain, v_plain = hessian.power_iteration(matvec, v0, num_matvecs=1)
     np.testing.assert_allclose(np.array(v_plain[0]), u, rtol=1e-6)  # no update without it
     np.testing.assert_allclose(float(lam_plain), float(lam), rtol=1e-6)
 
@@ -142,11 +142,11 @@ def test_power_iteration_survives_a_product_whose_norm_overflows(final_update):
 
 
 def test_bad_arguments_raise_naming_the_argument():
-    with pytest.raises(ValueError, match="num_iterations=0"):
+    with pytest.raises(ValueError, match="num_matvecs=0"):
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 0)
     with pytest.raises(ValueError, match="`tol`"):
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 3, tol=0.0)
-    with pytest.raises(TypeError, match="`num_iterations` must be an integer"):
+    with pytest.raises(TypeError, match="`num_matvecs` must be an integer"):
         hessian.power_iteration(lambda v: v, [tf.ones(2)], 2.5)
 
 
@@ -157,7 +157,7 @@ def test_deflated_power_iteration_finds_the_largest_magnitudes(float64):
     matvec = lambda v: [tf.linalg.matvec(tf.constant(a), v[0])]  # noqa: E731
     starts = [rng.standard_normal(6) for _ in range(2)]
     eigvals, eigvecs = hessian.deflated_power_iteration(
-        matvec, 2, lambda i: [tf.constant(starts[i])], max_iterations=500, tol=1e-10
+        matvec, 2, lambda i: [tf.constant(starts[i])], num_matvecs=500, tol=1e-10
     )
     np.testing.assert_allclose(eigvals, [-5.0, 3.0], rtol=1e-8)
     for vector, column in zip(eigvecs, [1, 0]):
