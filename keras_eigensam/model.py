@@ -285,6 +285,27 @@ class SharpnessAwareModel(keras.Model):
                 "batch instead."
             )
 
+    def _move_average_by(self, variables, deltas, finite):
+        """Moves the optimizer's EMA of the weights (`use_ema=True`) as an
+        update after the optimizer moved the weights, so the average tracks
+        the weights each step leaves.
+
+        Keras averages inside `apply`, before a decoupled update:
+        `average ← m·average + (1 − m)·w` (`m = 0` at the first step), so
+        subtracting `δ` from `w` afterwards subtracts `(1 − m)·δ` from what
+        the average should be.
+        """
+        optimizer = inner_optimizer(self.optimizer)
+        averages = getattr(optimizer, "_model_variables_moving_average", None)
+        if not getattr(optimizer, "use_ema", False) or not averages:
+            return
+        pairs = [(a, d) for a, d in zip(averages, deltas) if a is not None]
+        first = ops.equal(optimizer.iterations, 1)  # counted already
+        weight = ops.where(first, 1.0, 1.0 - float(optimizer.ema_momentum))
+        distribute.assign_sub_if(
+            [a for a, _ in pairs], [d * ops.cast(weight, d.dtype) for _, d in pairs], finite
+        )
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if not (self._weights_exist() and self.optimizer.built):
@@ -415,6 +436,7 @@ class SharpnessAwareModel(keras.Model):
             distribute.apply_gradients_if(self.optimizer, descent, variables, finite)
         if context.decoupled is not None:
             distribute.assign_sub_if(variables, context.decoupled, finite)
+            self._move_average_by(variables, context.decoupled, finite)
         for variable, value in state_updates + context.staged:
             variable.assign(ops.where(finite, value, variable.value))
 

@@ -158,6 +158,52 @@ class Adam:
         return zeros_like(like) if self.m is None else list(self.m)
 
 
+class Clipped:
+    """Keras's gradient clipping of the descent direction `d`, then `opt`.
+
+    ```
+    clipnorm c:         d_i ← d_i · c / max(‖d_i‖, c)      (per variable)
+    global_clipnorm c:  d   ← d · c / max(‖d‖, c)          (all variables)
+    clipvalue c:        d   ← clip(d, −c, c)               (per entry)
+    ```
+    """
+
+    def __init__(self, opt, clipnorm=None, global_clipnorm=None, clipvalue=None):
+        self.opt = opt
+        self.clipnorm, self.global_clipnorm, self.clipvalue = clipnorm, global_clipnorm, clipvalue
+
+    def clip(self, d):
+        if self.clipnorm:
+            c = self.clipnorm
+            return [di * c / max(float(np.linalg.norm(di)), c) for di in d]
+        if self.global_clipnorm:
+            c = self.global_clipnorm
+            return scale(d, c / max(norm(d), c))
+        if self.clipvalue:
+            return [np.clip(di, -self.clipvalue, self.clipvalue) for di in d]
+        return d
+
+    def apply(self, w, d, lr):
+        return self.opt.apply(w, self.clip(d), lr)
+
+    def uphill_momentum(self, like):
+        return self.opt.uphill_momentum(like)
+
+
+class ClippedAscent:
+    """`problem` whose gradient comes back clipped: a run on it clips the
+    gradient of every pass, ascent included (the wrong semantics)."""
+
+    def __init__(self, problem, clipper):
+        self.problem, self.clipper = problem, clipper
+
+    def grad(self, w, **kwargs):
+        return self.clipper.clip(self.problem.grad(w, **kwargs))
+
+    def __getattr__(self, name):
+        return getattr(self.problem, name)
+
+
 # ------------------------------------------------------------ driver
 
 

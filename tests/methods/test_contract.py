@@ -214,6 +214,36 @@ def test_non_finite_batch_changes_nothing(name):
     assert all(np.isfinite(v).all() for v in _everything(model))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_ema_tracks_the_applied_weights(name):
+    """`use_ema=True`: the average is that of the weights each step leaves
+    (never a perturbed point, and after any decoupled update), and a
+    skipped non-finite batch leaves it alone."""
+    x, y = tiny.data(n=8)
+    bad = x.copy()
+    bad[2, 0] = np.inf
+    momentum = 0.8
+    model = _model(name, optimizer=keras.optimizers.SGD(
+        0.05, momentum=0.9, use_ema=True, ema_momentum=momentum))
+    expected = None
+    for batch in (x, x, bad, x, x):
+        iterations = int(model.optimizer.iterations)
+        model.train_on_batch(batch, y)
+        if int(model.optimizer.iterations) == iterations:
+            assert batch is bad
+            continue
+        applied = [np.array(v, dtype=np.float64) for v in model.trainable_variables]
+        if expected is None:  # Keras: the first step's average is the weights
+            expected = applied
+        else:
+            expected = [momentum * e + (1 - momentum) * w for e, w in zip(expected, applied)]
+    assert int(model.optimizer.iterations) == 4
+    averages = [np.array(a) for a in model.optimizer._model_variables_moving_average]
+    _assert_all_close(averages, expected, rtol=1e-5, atol=1e-6)
+    # Not vacuous: the weights moved away from their average.
+    assert max(np.abs(a - w).max() for a, w in zip(averages, applied)) > 1e-4
+
+
 # ------------------------------------------------------------ saving
 
 

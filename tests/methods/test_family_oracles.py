@@ -586,3 +586,81 @@ def test_method_state_survives_save_and_load(tmp_path, make, oracle, schedule, l
     restarted = fam.run(oracle(), problem, fam.run(oracle(), problem, w0, before, lr=lr),
                         4 - before, lr=lambda t: (lr(t + before) if callable(lr) else lr))
     _assert_differs(expected, restarted, "a run whose method state restarts")
+
+
+# =================================================================== clipping
+
+CLIPPED_METHODS = {
+    "sam": (lambda: ks.SAM(rho=0.2), lambda: fam.SAM(0.2), 0.0),
+    "gsam": (lambda: ks.GSAM(rho_max=0.3, rho_min=0.1, alpha=0.4),
+             lambda: fam.GSAM(rho_max=0.3, rho_min=0.1, alpha=0.4), 0.0),
+    "wsam-coupled": (lambda: ks.WSAM(rho=0.2, gamma=0.8, decouple=False),
+                     lambda: fam.WSAM(0.2, 0.8, decouple=False), 0.9),
+    "wsam-decoupled": (lambda: ks.WSAM(rho=0.2, gamma=0.8),
+                       lambda: fam.WSAM(0.2, 0.8), 0.9),
+    "friendlysam": (lambda: ks.FriendlySAM(rho=0.2, sigma=0.9, lmbda=0.6),
+                    lambda: fam.FriendlySAM(rho=0.2, sigma=0.9, lmbda=0.6), 0.9),
+    "looksam": (lambda: ks.LookSAM(rho=0.2, k=2, alpha=0.7),
+                lambda: fam.LookSAM(rho=0.2, k=2, alpha=0.7), 0.0),
+    "esam": (lambda: ks.ESAM(rho=0.3, beta=1.0, gamma=0.5),
+             lambda: fam.ESAM(rho=0.3, gamma=0.5), 0.0),
+    "momentumsam": (lambda: ks.MomentumSAM(rho=0.3), lambda: fam.MomentumSAM(0.3), 0.9),
+}
+
+
+@pytest.mark.parametrize(
+    "name, clip",
+    [(name, {"clipnorm": 0.01 if name == "esam" else 0.05}) for name in CLIPPED_METHODS]
+    + [("sam", {"global_clipnorm": 0.05}), ("sam", {"clipvalue": 0.01})],
+    ids=lambda v: v if isinstance(v, str) else next(iter(v)),
+)
+def test_clipping_applies_to_the_descent_gradient_only(name, clip):
+    """Keras's clipping clips what the optimizer is handed (the descent
+    direction); the ascent (perturbation, eigenvector, EMAs of the method)
+    always uses the unclipped gradient (davda54/sam#32, #64)."""
+    make, oracle, momentum = CLIPPED_METHODS[name]
+    x, y, problem = _problem()
+    model = _model(make(), keras.optimizers.SGD(LR, momentum=momentum, **clip))
+    w0 = tiny.weights_of(model)
+    steps = 3
+    expected = fam.run(oracle(), problem, w0, steps, fam.Clipped(fam.SGD(momentum), **clip))
+    tiny.assert_weights_close(_fit(model, x, y, steps), expected)
+    # Clipping is active, and clipping the ascent too would be another step.
+    _assert_differs(expected, fam.run(oracle(), problem, w0, steps, fam.SGD(momentum)),
+                    "the unclipped run")
+    if name == "momentumsam" or "global_clipnorm" in clip:
+        # No ascent gradient (Momentum-SAM), or a clip that keeps the
+        # direction of a normalised ascent: nothing to tell apart.
+        return
+    clipped_ascent = fam.ClippedAscent(problem, fam.Clipped(None, **clip))
+    _assert_differs(
+        expected,
+        fam.run(oracle(), clipped_ascent, w0, steps, fam.Clipped(fam.SGD(momentum), **clip)),
+        "a run whose ascent gradient is clipped too",
+    )
+
+
+# =================================================================== rate changes
+
+
+def test_gsam_rho_follows_reduce_lr_on_plateau():
+    """`ReduceLROnPlateau` assigns the optimizer's rate between epochs; GSAM's
+    ρ_t follows the rate of each step (lr_max: the largest seen)."""
+    x, y, problem = _problem()
+    model = _model(ks.GSAM(rho_max=0.3, rho_min=0.1, alpha=0.4))
+    w0 = tiny.weights_of(model)
+    # min_delta larger than any change: every epoch after the first is a
+    # plateau, and the rate halves after it (History logs the rate the
+    # epoch used).
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="loss", factor=0.5, patience=0, min_delta=1e9, min_lr=0.0)
+    history = model.fit(x, y, batch_size=len(x), epochs=4, shuffle=False, verbose=0,
+                        callbacks=[plateau])
+    rates = [float(r) for r in history.history["learning_rate"]]
+    np.testing.assert_allclose(rates, [LR, LR, LR / 2, LR / 4], rtol=1e-6)
+    oracle = fam.GSAM(rho_max=0.3, rho_min=0.1, alpha=0.4)
+    expected = fam.run(oracle, problem, w0, 4, fam.SGD(), lambda t: rates[t])
+    tiny.assert_weights_close(tiny.weights_of(model), expected)
+    np.testing.assert_allclose(oracle.rhos, [0.3, 0.3, 0.2, 0.15], rtol=1e-6)
+    _assert_differs(expected, fam.run(fam.SAM(0.3), problem, w0, 4, fam.SGD(),
+                                      lambda t: rates[t]), "SAM at ρ_max")
