@@ -1,6 +1,7 @@
 """`SharpnessAwareModel`: a `keras.Model` whose `train_step` is a SAM-family update."""
 
 import inspect
+import warnings
 
 import keras
 from keras import ops
@@ -153,6 +154,23 @@ class SharpnessAwareModel(keras.Model):
         self.method_metrics = [
             keras.metrics.Mean(name=name) for name in method.metric_names
         ]
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, with two checks of this model's own.
+
+        - A warning when the eigenvector tracker's schedule refreshes at
+          most once in the run (`EigenvectorTracker.schedule_warning`).
+        - With `keras.callbacks.TerminateOnNaN` among the callbacks, training
+          stops at the first skipped (non-finite) step. The skipped step
+          changes nothing and the logged loss is that of applied steps, so
+          `TerminateOnNaN` itself would never see a NaN.
+        """
+        callbacks = kwargs.get("callbacks")
+        if isinstance(callbacks, (list, tuple, type(None))):
+            callbacks = list(callbacks or [])
+            terminate = any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks)
+            kwargs["callbacks"] = callbacks + [_FitChecks(terminate)]
+        return super().fit(*args, **kwargs)
 
     # ------------------------------------------------------------------ build
 
@@ -599,3 +617,35 @@ def _first_micro_batch(optimizer):
     if not steps:
         return True
     return ops.equal(ops.mod(inner._iterations, steps), 0)
+
+
+class _FitChecks(keras.callbacks.Callback):
+    """`SharpnessAwareModel.fit`'s checks: the refresh schedule, and
+    `TerminateOnNaN` on skipped steps."""
+
+    def __init__(self, terminate_on_skip):
+        super().__init__()
+        self.terminate_on_skip = terminate_on_skip
+        self._skipped = 0.0
+
+    def on_train_begin(self, logs=None):
+        tracker = self.model.method.tracker
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if tracker is None or not steps or not epochs:
+            return  # nothing to refresh, or a data set of unknown length
+        optimizer = inner_optimizer(self.model.optimizer)
+        accumulation = getattr(optimizer, "gradient_accumulation_steps", None) or 1
+        first = int(ops.convert_to_numpy(optimizer.iterations.value))
+        message = tracker.schedule_warning(first, (steps * epochs) // accumulation)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._skipped = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        skipped = float((logs or {}).get("skipped_steps", 0.0))
+        if self.terminate_on_skip and skipped > self._skipped:
+            print(f"Batch {batch}: a non-finite step was skipped, terminating training")
+            self.model.stop_training = True
+        self._skipped = skipped

@@ -1,5 +1,7 @@
 """Tests of EigenSAM, XSAM and the eigenvector tracker inside the train step."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -384,3 +386,31 @@ def test_x_sam_alpha_zero_is_sam_with_a_normalised_descent_gradient(rho):
     tiny.assert_weights_close(
         tiny.weights_of(model), [w - 0.1 * gi / norm for w, gi in zip(w0, g_a)]
     )
+
+
+@pytest.mark.parametrize(
+    "refresh_every, epochs, initial, expected",
+    [
+        (100, 4, 0, "refreshed once, at step 0"),  # 44 steps < 100
+        (100, 1, 3, "refreshed never"),  # steps 3..13: no multiple of 100
+        (5, 1, 0, None),  # steps 0..10: refreshes at 0, 5, 10
+    ],
+)
+def test_fit_warns_when_the_eigenvector_refreshes_at_most_once(
+    refresh_every, epochs, initial, expected
+):
+    """Item 18: a run shorter than `refresh_every` logs one eigenvalue for
+    the whole run; `fit` says so."""
+    x, y = tiny.data(n=44)
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.EigenSAM(refresh_every=refresh_every))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.optimizer.iterations.assign(initial)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=4, epochs=epochs, verbose=0)
+    messages = [str(w.message) for w in caught if "refresh_every" in str(w.message)]
+    if expected is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and expected in messages[0], messages
+        assert f"refresh_every={refresh_every}" in messages[0]

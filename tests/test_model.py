@@ -439,6 +439,26 @@ def test_skipped_batch_does_not_poison_the_logged_loss():
     np.testing.assert_allclose(history.history["loss"][0], np.mean(losses), rtol=1e-5)
 
 
+@pytest.mark.parametrize("terminate", [True, False])
+def test_terminate_on_nan_stops_at_a_skipped_step(terminate):
+    """With `TerminateOnNaN` training stops at the first skipped step (which
+    itself changes nothing); without it, training goes on and counts it."""
+    x, y = tiny.data(n=32)
+    x[12, 1] = np.nan  # in the second of four batches
+    model = _sam_model(ks.SAM(rho=0.05))
+    callbacks = [keras.callbacks.TerminateOnNaN()] if terminate else []
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                        callbacks=callbacks)
+    if terminate:
+        assert int(model.optimizer.iterations) == 1  # the first batch only
+        assert len(history.history["loss"]) == 1
+        assert np.isfinite(history.history["loss"][0])
+    else:
+        assert int(model.optimizer.iterations) == 3 * 3
+        assert history.history["skipped_steps"] == [1.0, 1.0, 1.0]
+    assert all(np.isfinite(w).all() for w in tiny.weights_of(model))
+
+
 # ---------------------------------------------------------------- compatibility
 
 

@@ -242,6 +242,34 @@ class EigenvectorTracker:
         context.memo("eigenvalue", lambda: eigenvalue)
         return vector
 
+    def refresh_steps(self, first_step, num_steps):
+        """The optimizer steps among `first_step … first_step + num_steps − 1`
+        at which the eigenvector is refreshed (a `range`)."""
+        first = -(-first_step // self.refresh_every) * self.refresh_every
+        return range(first, first_step + num_steps, self.refresh_every)
+
+    def schedule_warning(self, first_step, num_steps):
+        """A message when a run of `num_steps` optimizer steps from
+        `first_step` refreshes at most once, else `None`.
+
+        The logged `top_eigenvalue` is the eigenvalue of the last refresh, so
+        in such a run it is one number, computed at one step, for the whole
+        run; `model.fit` warns with this message.
+        """
+        refreshes = self.refresh_steps(first_step, num_steps)
+        if num_steps <= 1 or len(refreshes) > 1:
+            return None
+        when = f"once, at step {refreshes[0]}" if len(refreshes) else "never"
+        return (
+            f"The eigenvector is refreshed every refresh_every={self.refresh_every} "
+            f"optimizer steps, so in this fit (steps {first_step} to "
+            f"{first_step + num_steps - 1}) it is refreshed {when}: the logged "
+            "`top_eigenvalue` is the eigenvalue of the last refresh, not of the "
+            "current weights. Lower `refresh_every` to follow the curvature "
+            "during this run, or log it with "
+            "`keras_eigensam.callbacks.HessianEigenvalueMonitor`."
+        )
+
     def grad_cosine(self, context):
         """Signed `cos(g, v)` for this step."""
         return context.memo(
@@ -254,8 +282,10 @@ class EigenvectorTracker:
         """`top_eigenvalue`, `eigen_alignment` (|cos(e, v)|), `grad_eigen_cosine`.
 
         Both cosines are absolute values, since the sign of an eigenvector is
-        arbitrary; `top_eigenvalue` is the signed Rayleigh quotient of the
-        last refresh.
+        arbitrary; `top_eigenvalue` is the signed eigenvalue of the last
+        refresh (at step `t − t mod refresh_every`), not of the current
+        weights: between refreshes it stays the same, and `History` holds
+        its mean over the epoch's steps.
         """
         vector = context.memo("eigenvector", self.values)
         return {
