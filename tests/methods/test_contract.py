@@ -244,6 +244,29 @@ def test_ema_tracks_the_applied_weights(name):
     assert max(np.abs(a - w).max() for a, w in zip(averages, applied)) > 1e-4
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradient_and_zero_hessian_change_nothing(name):
+    """Degenerate geometry: at zero input a bias-free network has zero
+    output, zero gradient and zero Hessian. No division by zero: every
+    method leaves the weights where they are, and the state stays finite
+    (a refresh that finds a zero eigenvalue keeps its vector)."""
+    net = keras.Sequential([
+        keras.Input((5,)),
+        keras.layers.Dense(4, use_bias=False, activation="tanh"),
+        keras.layers.Dense(3, use_bias=False),
+    ])
+    model = _model(name, net=net)
+    x, y = np.zeros((8, 5), "float32"), np.zeros((8, 3), "float32")
+    model.train_on_batch(x, y)  # builds the state
+    before = [np.array(v) for v in model.trainable_variables]
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    for b, a in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(np.array(a), b)
+    assert int(model.optimizer.iterations) == 4
+    assert all(np.isfinite(v).all() for v in _everything(model))
+
+
 # ------------------------------------------------------------ saving
 
 
