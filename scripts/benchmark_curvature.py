@@ -435,7 +435,7 @@ def _markdown(result):
             est = (entry.get("estimators") or {}).get(fname)
             lines.append(
                 f"| {name} | {entry['parameters']:,} | {fname} | {plain} | {plain_ms} | {xla} | "
-                f"{xla_ms} | {_fmt(memory.get('peak_mib'), 0)} | "
+                f"{xla_ms} | {_fmt(memory.get('peak_mib'), 1)} | "
                 f"{_products(est, 'top_eigenpairs_tol_default')} | "
                 f"{_products(est, 'top_eigenpairs_tol_none')} | {_products(est, 'trace')} | "
                 f"{_products(est, 'density')} |"
@@ -484,23 +484,29 @@ def _meaning(result):
     memory = per_model(
         FUNCTIONS,
         lambda entry, fname: (entry.get("memory") or {}).get(fname, {}).get("peak_mib"),
-        0, " MiB",
+        1, " MiB",
     )
     if memory:
         parts.append(
             f"Peak memory of {result['memory_products']} calls above the level before them: "
             f"{memory}."
         )
-    early, full, exact = [], [], []
+    early, full, exact, gaps = [], [], [], []
     for m in models:
         for fname, row in (models[m].get("estimators") or {}).items():
             early.append(row["top_eigenpairs_tol_default"]["products"])
             full.append(row["top_eigenpairs_tol_none"]["products"])
+            lam, reference = (
+                row[k]["eigenvalue"]
+                for k in ("top_eigenpairs_tol_default", "top_eigenpairs_tol_none")
+            )
+            gaps.append(abs(lam - reference) / max(abs(reference), 1e-30))
             exact += [row[k]["products"] == row[k]["num_matvecs"] for k in ("trace", "density")]
     if early:
         parts.append(
             f"Lanczos for the top eigenvalue stopped after {_span(early, 0)} products at the "
-            f"default tolerance, against {_span(full, 0)} with `tol=None`; `trace` and "
+            f"default tolerance, against {_span(full, 0)} with `tol=None`, and its eigenvalue "
+            f"differed from the `tol=None` one by at most {max(gaps):.1e} (relative); `trace` and "
             "`density` spent "
             + ("exactly the `num_matvecs` they were given." if all(exact)
                else "other than the `num_matvecs` they were given (see the table).")
