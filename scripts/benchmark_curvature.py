@@ -33,7 +33,7 @@ offline); `small_cnn` (the CNN of `scripts/benchmark_hessian.py`) and
 `<output_dir>/curvature_operators.json` and `.md`, and rebuilds
 `<output_dir>/RESULTS.md`.
 
-    python scripts/benchmark_curvature.py                    # ~10 min on 2 cores
+    python scripts/benchmark_curvature.py                    # ~11 min on 2 cores
     python scripts/benchmark_curvature.py --models=cnn6 --estimator_models=cnn6
     python scripts/benchmark_curvature.py --models=mlp --rounds=3 --xla=off
     python scripts/benchmark_curvature.py --quick --output_dir=/tmp/bench   # seconds
