@@ -57,7 +57,6 @@ and `<output_dir>/RESULTS.md` is rebuilt from every `*.md` section there;
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -69,6 +68,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from benchmark_memory import HOW as _MEMORY_HOW  # noqa: E402
+from benchmark_memory import MALLOC_ENV  # noqa: E402
+from benchmark_memory import peak_mib  # noqa: E402
+from benchmark_memory import reset_peak  # noqa: E402
+from benchmark_memory import rss_mib  # noqa: E402
+from benchmark_memory import run_worker  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
 
 from keras_eigensam.experiments import config  # noqa: E402
@@ -143,9 +148,6 @@ _EXPECTATIONS = (
     ("esam", "sam", 1.0, True),
     ("momentumsam", "sgd", 1.1, False),
 )
-# glibc: serve blocks of 64 KiB and more with mmap (unmapped when freed) and
-# trim the heap at every free, so that resident memory follows live memory.
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 # The first call of the train function traces (and compiles) it and creates
 # the optimizer's slots: the first kind of step of every model is warmed up
 # at least once, also for the memory figures.
@@ -327,35 +329,6 @@ def _interleaved(build, names, modes, x, y):
 # ------------------------------------------------------------------ memory
 
 
-def _rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _status_mib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**10
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak():
-    """Resets the kernel's resident high-water mark; False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return abs(_status_mib("VmHWM") - _rss_mib()) < 64
-    except OSError:
-        return False
-
-
-def _peak_mib(resettable):
-    if resettable:
-        return _status_mib("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
-
-
 def _memory_worker():
     """Peak resident memory of each kind of step of one method above the
     level before it; prints JSON."""
@@ -374,32 +347,22 @@ def _memory_worker():
     resettable = True
     figures = {}
     for label, iteration, _ in variants:  # cheapest first: ru_maxrss only grows
-        resettable = resettable and _reset_peak()
-        before = _rss_mib()
+        resettable = resettable and reset_peak()
+        before = rss_mib()
         _step(model, x, y, iteration)
-        figures[label] = {"peak_mib": _peak_mib(resettable) - before, "before_mib": before}
-    how = "VmHWM reset before the step" if resettable else "ru_maxrss (warm-up included)"
+        figures[label] = {"peak_mib": peak_mib(resettable) - before, "before_mib": before}
+    how = _MEMORY_HOW[resettable]
     print("RESULT " + json.dumps({"figures": figures, "how": how}))
-
-
-def _run_worker(args, env=None):
-    cmd = [sys.executable, os.path.abspath(__file__)] + args
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"error": " | ".join(tail)}
 
 
 def _memory(names):
     """`{label: {peak_mib, before_mib}}` of every kind of step, a fresh
     process per method (per figure where the peak cannot be reset)."""
-    env = dict(os.environ, **_MALLOC_ENV)
+    env = dict(os.environ, **MALLOC_ENV)
     common = [FLAGS[n].serialize() for n in _MODEL_FLAGS] + [
         FLAGS["memory_xla"].serialize(), FLAGS["memory_warmup"].serialize(),
     ]
-    per_figure = not _reset_peak()
+    per_figure = not reset_peak()
     figures, notes = {}, {}
     for name in names:
         labels = [None]
@@ -410,7 +373,7 @@ def _memory(names):
             args = ["--worker=memory", f"--worker_method={name}"] + common
             if label:
                 args.append(f"--worker_label={label}")
-            result = _run_worker(args, env)
+            result = run_worker(__file__, args, env)
             if "error" in result:
                 notes[label or name] = result["error"]
                 _log(f"memory of {label or name} failed: {result['error']}")
@@ -465,7 +428,8 @@ def _tf_keras_worker():
 
 
 def _run_tf_keras():
-    return _run_worker(
+    return run_worker(
+        __file__,
         ["--worker=tf_keras"]
         + [FLAGS[name].serialize()
            for name in ("model", "batch_size", "input_shape", "num_classes", "rounds",
