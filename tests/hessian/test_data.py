@@ -82,6 +82,25 @@ def test_ggn_and_fisher_over_batches_are_those_of_the_mean_loss(float64, kind, s
     np.testing.assert_allclose(_product(op, v), expected @ flatten(v), rtol=1e-10, atol=1e-13)
 
 
+def test_a_sum_reduction_is_averaged_over_batches_by_batch_size(float64):
+    """`L = Σ_b n_b L_b / Σ_b n_b` for every reduction, as documented (and as
+    Keras's `evaluate` averages batch losses): with `"sum"` that is not the
+    sum over all examples, so the reference is built batch by batch."""
+    model = small_mlp()
+    x, y, w = _data(sample_weight=True)
+    loss = make_loss(CE, "sum")
+    op = hessian.EmpiricalFisherOperator(model, loss, (x, y, w), batch_size=BATCH)
+    expected = sum(
+        len(x[i : i + BATCH])
+        * full_empirical_fisher(
+            model, x[i : i + BATCH], y[i : i + BATCH], CE, w[i : i + BATCH], reduction="sum"
+        )
+        for i in range(0, N, BATCH)
+    ) / N
+    v = random_vectors(model.trainable_variables)
+    np.testing.assert_allclose(_product(op, v), expected @ flatten(v), rtol=1e-10, atol=1e-13)
+
+
 def test_streamed_products_are_deterministic(float64):
     model = small_mlp()
     dataset = tf.data.Dataset.from_tensor_slices(_data()).batch(BATCH)
