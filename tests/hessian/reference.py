@@ -250,3 +250,119 @@ def numpy_sharpness(
         "sharpness_average": average - base,
         "sharpness_worst_case": best - base,
     }
+
+
+# ------------------------------------------- GGN and empirical Fisher, dense
+#
+# Built from first-order Jacobians only (one `tf.GradientTape.jacobian`
+# through `model.stateless_call`) and the loss's second derivatives in the
+# model output written out in closed form, so no second-order code and no
+# code of `keras_eigensam.hessian` is involved.
+
+LOSS_KINDS = ("mse", "sparse_ce")
+
+
+def make_loss(loss_kind, reduction="sum_over_batch_size"):
+    """The Keras loss a reference below describes: MSE or CE from logits."""
+    if loss_kind == "mse":
+        return keras.losses.MeanSquaredError(reduction=reduction)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+
+
+def coefficients(n, sample_weight=None, reduction="sum_over_batch_size"):
+    """`c_i` with `L = Σ_i c_i ℓ_i` for Keras's reductions, in NumPy."""
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if reduction == "sum":
+        return w
+    if reduction == "mean_with_sample_weight":
+        return w / w.sum()
+    return w / n
+
+
+def _weights_and_state(model):
+    variables = model.trainable_variables
+    assert all(v.dtype == "float64" for v in variables), "use the float64 fixture"
+    values = [tf.convert_to_tensor(v.value) for v in variables]
+    non_trainable = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+    return values, non_trainable
+
+
+def _flat_jacobian(tape, target, values, rows):
+    """`∂ target / ∂ values` as a `(rows, num_parameters)` NumPy matrix."""
+    blocks = tape.jacobian(target, values, unconnected_gradients="zero")
+    return np.concatenate(
+        [np.asarray(tf.convert_to_tensor(b)).reshape(rows, -1) for b in blocks], axis=1
+    )
+
+
+def full_ggn(model, x, y, loss_kind, sample_weight=None, reduction="sum_over_batch_size",
+             training=False):
+    """The dense GGN `Jᵀ H J` of the (sample-weighted) loss of one batch.
+
+    `J` is the Jacobian of the model outputs `f` (n × d) w.r.t. the trainable
+    weights (flattened as `flatten`); `H = ∇²_f L` is block diagonal with
+    blocks `c_i · h_i`, `h_i = 2/d · I` for MSE (`ℓ_i = mean_d (f_i − y_i)²`)
+    and `h_i = diag(p_i) − p_i p_iᵀ` for cross-entropy from logits.
+    `model.losses` are not part of it.
+    """
+    values, non_trainable = _weights_and_state(model)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        f, _ = model.stateless_call(values, non_trainable, x, training=training)
+    n, d = f.shape
+    jac = _flat_jacobian(tape, f, values, n * d).reshape(n, d, -1)
+    c = coefficients(n, sample_weight, reduction)
+    f = np.asarray(f, np.float64)
+    g = np.zeros((jac.shape[-1],) * 2)
+    for i in range(n):
+        if loss_kind == "mse":
+            h = 2.0 / d * np.eye(d)
+        else:
+            p = np.exp(f[i] - f[i].max())
+            p /= p.sum()
+            h = np.diag(p) - np.outer(p, p)
+        g += c[i] * jac[i].T @ h @ jac[i]
+    return g
+
+
+def example_gradients(model, x, y, loss_kind, training=False):
+    """`(n, num_parameters)`: the gradient of every example's loss `ℓ_i`."""
+    values, non_trainable = _weights_and_state(model)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        f, _ = model.stateless_call(values, non_trainable, x, training=training)
+        if loss_kind == "mse":
+            per_example = tf.reduce_mean((f - tf.cast(y, f.dtype)) ** 2, axis=-1)
+        else:
+            per_example = keras.losses.sparse_categorical_crossentropy(y, f, from_logits=True)
+    return _flat_jacobian(tape, per_example, values, f.shape[0])
+
+
+def full_empirical_fisher(model, x, y, loss_kind, sample_weight=None,
+                          reduction="sum_over_batch_size", training=False):
+    """The dense empirical Fisher `Σ_i c_i g_i g_iᵀ` of one batch."""
+    g = example_gradients(model, x, y, loss_kind, training)
+    c = coefficients(g.shape[0], sample_weight, reduction)
+    return (g * c[:, None]).T @ g
+
+
+def dense_matrix(op):
+    """The operator's full matrix, one product per column (`to_scipy`)."""
+    return op.to_scipy() @ np.eye(op.num_parameters)
+
+
+def small_mlp(outputs=3, seed=0):
+    """A 4-6-3 tanh network (51 weights) without regularisers."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(outputs)]
+    )
+
+
+def small_data(n, loss_kind, outputs=3, seed=0):
+    """`(x, y)` for `small_mlp`: class labels for CE, targets for MSE."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4))
+    if loss_kind == "mse":
+        return x, rng.standard_normal((n, outputs))
+    return x, rng.integers(0, outputs, size=(n,))
