@@ -184,14 +184,22 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
 
 
 def test_killed_run_resumes_from_its_backup(tmp_path):
-    args = [
+    """Killed after epoch 2 and started again, the run ends where an
+    uninterrupted run ends (items 8 and 16 of issue 12): the data of epoch e
+    is a function of (seed, e), and the per-step alignment log keeps the
+    steps before the kill."""
+    common = [
         "--method=eigensam",
         "--method_args=refresh_every=2",
         "--epochs=3",
         "--max_steps_per_epoch=3",
-        "--augment=none",
-        f"--output_dir={tmp_path}",
+        "--augment=standard",
+        "--curvature",
     ]
+    straight_dir = tmp_path / "straight"
+    assert_ok(run_script(TRAIN, *common, f"--output_dir={straight_dir}"))
+    tmp_path = tmp_path / "resumed"
+    args = common + [f"--output_dir={tmp_path}"]
     killed = run_script(TRAIN, *args, "--crash_after_epoch=2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run_dir = only_run_dir(str(tmp_path))
@@ -211,8 +219,23 @@ def test_killed_run_resumes_from_its_backup(tmp_path):
     ) == (2, 1, 3)
     rows = read_history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-    # The resumed epoch starts from the trained weights, not from new ones.
+    # The resumed epoch starts from the trained weights, not from new ones,
+    # and sees the batches the uninterrupted run saw.
     assert float(rows[2]["loss"]) < float(rows[0]["loss"])
+    straight_run = only_run_dir(str(straight_dir))
+    straight_rows = read_history(straight_run)
+    for key in ("loss", "accuracy", "hessian_top_eigenvalue"):
+        np.testing.assert_allclose(
+            [float(r[key]) for r in rows], [float(r[key]) for r in straight_rows],
+            rtol=1e-5, err_msg=key,
+        )
+    for a, b in zip(weights(run_dir), weights(straight_run)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    alignment = [os.path.join(d, "alignment", "alignment.csv") for d in (run_dir, straight_run)]
+    resumed_steps, straight_steps = (
+        [row["step"] for row in csv.DictReader(open(path))] for path in alignment
+    )
+    assert resumed_steps == straight_steps == [str(step) for step in range(1, 10)]
     # (A finished run started again trains nothing: test_training.py.)
 
 

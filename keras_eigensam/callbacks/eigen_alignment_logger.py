@@ -30,7 +30,10 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
     `log_dir`, step = `model.optimizer.iterations` after the step, so the
     first step is 1), to `log_dir/alignment.csv` (columns `step`,
     `top_eigenvalue`, `eigen_alignment`, `grad_eigen_cosine`) and to
-    `history`, a list of `(step, values)`.
+    `history`, a list of `(step, values)` of this `fit`. The CSV keeps the
+    rows an earlier `fit` wrote there up to the step this one starts from
+    (a run resumed by `BackupAndRestore` keeps the steps before its
+    interruption, and drops those it trains again).
 
     What is logged, exactly:
 
@@ -103,6 +106,7 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
         self._steps = StepTracker()
         #: Every recorded step of this `fit`: a list of `(step, values)`.
         self.history = []
+        self._earlier, self._start_step = [], None
         self._previous_n = 0
         self._previous_means = {}
 
@@ -114,6 +118,11 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._check_model()
         self.history = []
+        # Rows of an earlier fit in the same `log_dir` (a resumed run): kept
+        # up to the step this fit starts from (known at its first batch,
+        # after `BackupAndRestore` has restored the optimizer).
+        self._earlier = self._read_csv()
+        self._start_step = None
         self._steps.reset(self.model)
         self._previous_n = 0
         self._previous_means = {}
@@ -143,6 +152,8 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
         if eigenvalue is not None:
             values["top_eigenvalue"] = eigenvalue
         previous_step, step = self._steps.advance(self.model)
+        if self._start_step is None:
+            self._start_step = previous_step
         if crosses_multiple(previous_step, step, self.every):
             self.history.append((step, values))
             if self._writer is not None:
@@ -165,9 +176,22 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
         with open(self.csv_path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(("step",) + METRIC_NAMES)
-            for step, values in self.history:
+            start = self._start_step
+            earlier = [row for row in self._earlier if start is not None and row[0] <= start]
+            for step, values in earlier + self.history:
                 writer.writerow([step] + [repr(values[name]) for name in METRIC_NAMES])
         self._writer.flush()
+
+    def _read_csv(self):
+        """`[(step, values)]` of an existing `alignment.csv`, else `[]`."""
+        if self.csv_path is None or not os.path.exists(self.csv_path):
+            return []
+        with open(self.csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [
+            (int(row["step"]), {name: float(row[name]) for name in METRIC_NAMES})
+            for row in rows
+        ]
 
     def _check_model(self):
         names = {m.name for m in getattr(self.model, "metrics", [])}

@@ -40,7 +40,7 @@ def curvature_callbacks(probe, run_dir, *, method=None, seed=0):
     After a restart the CSV holds the steps since the restart only.
     """
     monitors = [
-        callbacks.HessianEigenvalueMonitor(probe, every_n_epochs=1, seed=seed),
+        callbacks.HessianEigenvalueMonitor(probe, every="epoch", seed=seed),
         callbacks.SharpnessMonitor(probe, rho=SHARPNESS_RHO, seed=seed),
     ]
     loggers = []

@@ -47,7 +47,9 @@ applied only when `training=True`:
 Randomness: shuffling and the standard augmentation are driven by `seed`
 through seeded `tf.data` ops and stateless image ops, so a pipeline with the
 same arguments yields the same batches in every run, and a different
-augmentation in every epoch. The keras-cv layers keep their own random state:
+augmentation in every epoch. With `epochs=` (what `scripts/train.py` uses)
+the batches of epoch *e* depend on `(seed, e)` only, so a run resumed at
+epoch *e* in a new process sees what an uninterrupted run sees. The keras-cv layers keep their own random state:
 Cutout runs sequentially and is reproducible for a given `seed`; RandAugment
 is not reproducible across runs, because several of keras-cv 0.9's RandAugment
 operations sample their magnitudes with TensorFlow's global random ops.
@@ -75,6 +77,9 @@ AUGMENTATIONS = ("none", "standard", "cutout", "randaugment")
 _TFDS_NAMES = ("cifar10", "cifar100", "fashion_mnist", "svhn_cropped")
 _OFFLINE_SPLITS = ("train", "test")
 _SHUFFLE_BUFFER = 50_000
+# Epoch seeds are `seed · _EPOCH_STRIDE + epoch`: distinct for every
+# (seed, epoch) with fewer than a million epochs.
+_EPOCH_STRIDE = 1_000_003
 _DIGITS_TRAIN_FRACTION = 0.8
 _CUTOUT_FRACTION = 0.5
 
@@ -151,6 +156,9 @@ def load(
     augment="standard",
     cache=True,
     drop_remainder=None,
+    epochs=None,
+    initial_epoch=0,
+    steps_per_epoch=None,
 ):
     """Builds the input pipeline of one split of a dataset.
 
@@ -187,6 +195,16 @@ def load(
         drop_remainder: Whether to drop the last partial batch. `None` drops
             it when training (so every step has the same shape) and keeps it
             otherwise (so evaluation sees every example). Defaults to `None`.
+        epochs: With `training=True`: the dataset yields the epochs
+            `initial_epoch … epochs − 1` one after the other, each shuffled
+            and augmented as a function of `(seed, epoch)` only, so a run
+            resumed at an epoch sees the batches an uninterrupted run sees
+            (give `model.fit` the `steps_per_epoch`). `None` yields one
+            epoch per iteration, reshuffled at every iteration of the
+            dataset object. Defaults to `None`.
+        initial_epoch: The first epoch, with `epochs`. Defaults to `0`.
+        steps_per_epoch: With `epochs`: the batches of each epoch (at most
+            its full batches). `None` keeps all. Defaults to `None`.
 
     Returns:
         A tuple `(dataset, info)`: a batched, prefetched `tf.data.Dataset`
@@ -266,14 +284,37 @@ def load(
     if cache:
         ds = ds.cache()
     augment = augment if training else "none"
-    if training:
-        ds = ds.shuffle(
-            max(1, min(num_examples, _SHUFFLE_BUFFER)),
-            seed=seed,
-            reshuffle_each_iteration=True,
-        )
-    ds = _augment_examples(ds, spec, augment, seed)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    buffer = max(1, min(num_examples, _SHUFFLE_BUFFER))
+    if training and epochs is not None:
+        epochs = validation.check_int("epochs", epochs, minimum=1)
+        initial_epoch = validation.check_int("initial_epoch", initial_epoch, minimum=0)
+        if steps_per_epoch is not None:
+            steps_per_epoch = validation.check_int(
+                "steps_per_epoch", steps_per_epoch, minimum=1
+            )
+        examples = ds
+
+        def one_epoch(epoch):
+            # Seeds from (seed, epoch) only: the same batches in any process.
+            epoch_seed = seed * _EPOCH_STRIDE + epoch
+            shuffled = examples.shuffle(
+                buffer, seed=epoch_seed, reshuffle_each_iteration=False
+            )
+            batches = _augment_examples(
+                shuffled, spec, augment, epoch_seed, rerandomize=False
+            ).batch(batch_size, drop_remainder=drop_remainder)
+            return batches if steps_per_epoch is None else batches.take(steps_per_epoch)
+
+        epoch_datasets = [one_epoch(e) for e in range(initial_epoch, epochs)]
+        if epoch_datasets:
+            ds = functools.reduce(lambda a, b: a.concatenate(b), epoch_datasets)
+        else:  # every epoch done
+            ds = one_epoch(initial_epoch).take(0)
+    else:
+        if training:
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = _augment_examples(ds, spec, augment, seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = _augment_and_normalise_batches(ds, spec, augment, seed, mean, std)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
@@ -397,8 +438,13 @@ def _to_unit_float(image):
     return tf.cast(image, tf.float32)
 
 
-def _augment_examples(ds, spec, augment, seed):
-    """Per-example conversion to float and the standard augmentation."""
+def _augment_examples(ds, spec, augment, seed, rerandomize=True):
+    """Per-example conversion to float and the standard augmentation.
+
+    `rerandomize`: draw new per-example seeds at every iteration of the
+    dataset (one epoch per iteration), else the same ones (one dataset per
+    epoch, its seed the epoch's).
+    """
     if augment == "none" or not (spec.pad or spec.flip):
         return ds.map(
             lambda image, label: (_to_unit_float(image), label),
@@ -406,7 +452,7 @@ def _augment_examples(ds, spec, augment, seed):
         )
     # One random int64 per example, different in every epoch but the same in
     # every run: the seeds of the stateless image ops.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize)
 
     def standard(example, example_seed):
         image, label = example

@@ -188,25 +188,31 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
     # set before the datasets are made: a run does not depend on what ran
     # before it in the process.
     keras.utils.set_random_seed(config.seed)
+    if is_chief:
+        backup_dir = os.path.join(run_dir, results_lib.BACKUP_DIR)
+    else:
+        backup_dir = os.path.join(
+            run_dir, "workers", f"worker{task_id}", results_lib.BACKUP_DIR
+        )
+    # The epochs left: the training data of epoch e is a function of (seed,
+    # e), so a resumed run sees the batches an uninterrupted one sees.
+    initial_epoch = results_lib.backed_up_epoch(backup_dir)
     # Before anything is written, so a dataset that cannot be read leaves
     # no run directory behind.
-    train_ds, info, steps_per_epoch = _datasets(config, strategy, training=True)
+    train_ds, info, steps_per_epoch = _datasets(
+        config, strategy, training=True, initial_epoch=initial_epoch
+    )
     test_ds, _, _ = _datasets(config, strategy, training=False)
     with _as_config_error():
         architectures.check_input(config.model, info.input_shape)
 
     if is_chief:
         work_dir = run_dir
-        backup_dir = os.path.join(run_dir, results_lib.BACKUP_DIR)
         os.makedirs(run_dir, exist_ok=True)
         results_lib.write_json(os.path.join(run_dir, results_lib.CONFIG_FILE), settings)
     else:
         work_dir = tempfile.mkdtemp(prefix=f"{name}-worker{task_id}-")
-        backup_dir = os.path.join(
-            run_dir, "workers", f"worker{task_id}", results_lib.BACKUP_DIR
-        )
     history_path = os.path.join(work_dir, results_lib.HISTORY_FILE)
-    initial_epoch = results_lib.backed_up_epoch(backup_dir)
     # Rows of epochs after the backup (a run killed between the history's
     # write and the backup's) will be trained again: drop them.
     results_lib.truncate_history(history_path, initial_epoch)
@@ -252,6 +258,7 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
         history = model.fit(
             train_ds,
             epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
             validation_data=test_ds,
             callbacks=run_callbacks,
             verbose=config.verbose,
@@ -372,10 +379,12 @@ def _as_config_error():
         raise ConfigError(str(e)) from None
 
 
-def _datasets(config, strategy, *, training):
+def _datasets(config, strategy, *, training, initial_epoch=0):
     """`(dataset, info, steps_per_epoch)` of the train or test split.
 
-    One-hot labels; `steps_per_epoch` is `None` for the test split.
+    One-hot labels; `steps_per_epoch` is `None` for the test split. The
+    train split holds the epochs `initial_epoch … config.epochs − 1`, each a
+    function of the seed and its index (`data.load(epochs=...)`).
     """
     with _as_config_error():
         ds, info = data.load(
@@ -387,6 +396,15 @@ def _datasets(config, strategy, *, training):
             seed=config.seed,
             num_replicas=strategy.num_replicas_in_sync,
             augment=config.augment,
+            **(
+                dict(
+                    epochs=config.epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=config.max_steps_per_epoch,
+                )
+                if training
+                else {}
+            ),
         )
     steps = None
     if training:
@@ -399,7 +417,6 @@ def _datasets(config, strategy, *, training):
             )
         if config.max_steps_per_epoch is not None:
             steps = min(steps, config.max_steps_per_epoch)
-            ds = ds.take(steps)
     num_classes = info.num_classes
     ds = ds.map(
         lambda x, y: (x, tf.one_hot(y, num_classes)),

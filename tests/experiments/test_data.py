@@ -94,6 +94,28 @@ def test_training_pipeline_changes_every_epoch_and_is_reproducible():
     np.testing.assert_array_equal(test_augmented, test_first)
 
 
+def test_epochs_are_a_function_of_seed_and_epoch():
+    """`epochs=`: epoch e's batches (order and augmentation) are the same
+    whether the dataset starts at epoch 0 or at e (a resumed run)."""
+    with tfds.testing.mock_data(num_examples=12):
+        whole, _ = data.load("cifar10", "train", 4, training=True, seed=3, epochs=3)
+        resumed, _ = data.load(
+            "cifar10", "train", 4, training=True, seed=3, epochs=3, initial_epoch=2
+        )
+        capped, _ = data.load(
+            "cifar10", "train", 4, training=True, seed=3, epochs=3, steps_per_epoch=2
+        )
+        whole = [x.numpy() for x, _ in whole]
+        resumed = [x.numpy() for x, _ in resumed]
+        capped = [x.numpy() for x, _ in capped]
+    assert len(whole) == 9 and len(resumed) == 3 and len(capped) == 6
+    for a, b in zip(whole[6:], resumed):
+        np.testing.assert_array_equal(a, b)
+    # Epochs differ from each other; a cap keeps each epoch's first batches.
+    assert not np.array_equal(whole[0], whole[3])
+    np.testing.assert_array_equal(capped[2], whole[3])
+
+
 def test_no_augmentation_only_reshuffles():
     with tfds.testing.mock_data(num_examples=8):
         train, _ = data.load("cifar10", "train", 8, training=True, augment="none")
