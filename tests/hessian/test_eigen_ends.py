@@ -122,3 +122,20 @@ def test_lanczos_budget_and_residuals_of_unconverged_pairs(float64, which):
     calls.clear()
     early = op.top_eigenpairs(k=3, method="lanczos", which=which, num_matvecs=5, tol=1e-3, seed=0)
     assert early.num_matvecs == len(calls) <= 5
+
+
+def test_power_keeps_to_its_budget_or_refuses_it(float64):
+    # "largest" and "smallest" need k + 1 runs (the dominant eigenvalue
+    # first): with num_matvecs = k, each run got max(1, k // (k + 1)) = 1
+    # product, k + 1 in all, over the documented budget of k (+ k residuals).
+    a = spectrum_matrix(SPECTRA["largest"][0])
+    op, calls = counted_operator(a)
+    for which in ("largest", "smallest"):
+        with pytest.raises(ValueError, match=rf"`num_matvecs`.*num_matvecs=3, k=3, which='{which}'"):
+            op.top_eigenpairs(k=3, method="power", which=which, num_matvecs=3, tol=None)
+    assert not calls
+    exact = op.top_eigenpairs(k=3, method="power", which="largest", num_matvecs=4, tol=None)
+    assert exact.num_matvecs == len(calls) == 4 + 3
+    calls.clear()
+    magnitude = op.top_eigenpairs(k=3, method="power", which="magnitude", num_matvecs=3, tol=None)
+    assert magnitude.num_matvecs == len(calls) == 3 + 3
