@@ -54,6 +54,9 @@ def test_steps_are_capped_at_the_dimension():
         (dict(k=0, num_matvecs=3), "`k` must be an integer >= 1"),
         (dict(k=3, num_matvecs=2), "num_matvecs=2, k=3"),
         (dict(k=1, num_matvecs=0), "num_matvecs=0"),
+        # Four dimensions give four eigenpairs, not five (was: a shape (4,)
+        # result for k=5, unlike the documented (k,)).
+        (dict(k=5, num_matvecs=6), r"`k` must be at most .*Received: k=5, n=4"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
