@@ -147,8 +147,8 @@ def lanczos_eigenpairs(
         and the residual norms `‖H y_j − θ_j y_j‖` (float64, `(k,)`).
 
     Raises:
-        ValueError: if `k` < 1, `num_matvecs` < `k`, `which` is unknown or
-            `tol` <= 0.
+        ValueError: if `k` < 1 or `k` > `n`, `num_matvecs` < `k`, `which`
+            is unknown or `tol` <= 0.
 
     Example:
 
@@ -171,6 +171,11 @@ def lanczos_eigenpairs(
         raise ValueError(
             "`num_matvecs` must be at least `k`: m Lanczos steps give at most m "
             f"eigenpairs. Received: num_matvecs={num_matvecs}, k={k}"
+        )
+    if k > start.shape[0]:
+        raise ValueError(
+            "`k` must be at most the dimension `n` of the operator (the length "
+            f"of `start`). Received: k={k}, n={start.shape[0]}"
         )
 
     def residuals(theta, s, b, chosen):

@@ -371,7 +371,8 @@ class CurvatureOperator:
 
         Raises:
             ValueError: if `k` < 1 or exceeds the number of parameters,
-                `method` or `which` is unknown, `num_matvecs` < `k`,
+                `method` or `which` is unknown, `num_matvecs` < `k` (< `k + 1`
+                for power iteration with `"largest"` or `"smallest"`),
                 `tol` <= 0, or `initial` does not match the variables.
 
         Example:
@@ -397,6 +398,16 @@ class CurvatureOperator:
                 raise ValueError(
                     "`num_matvecs` must be at least `k`: every eigenpair "
                     f"needs a product. Received: num_matvecs={num_matvecs}, k={k}"
+                )
+            runs = k if which == "magnitude" else k + 1
+            if method == "power" and num_matvecs < runs:
+                # One run for the dominant eigenvalue, then one per pair:
+                # fewer products than runs cannot be shared among them.
+                raise ValueError(
+                    "`num_matvecs` must be at least `k + 1` for power iteration "
+                    "with which='largest' or 'smallest' (a run for the dominant "
+                    f"eigenvalue, then one per eigenpair). Received: "
+                    f"num_matvecs={num_matvecs}, k={k}, which={which!r}"
                 )
         if initial is not None:
             initial = probe.check_vectors(initial, self.variables, "initial")

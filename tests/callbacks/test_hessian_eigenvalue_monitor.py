@@ -173,3 +173,94 @@ def test_hessian_monitor_trace_is_within_the_estimators_standard_error():
 def test_bad_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make(tiny.data())
+
+
+@pytest.mark.parametrize(
+    "curvature, operator",
+    [("ggn", hessian.GGNOperator), ("fisher", hessian.EmpiricalFisherOperator)],
+)
+def test_monitor_of_ggn_and_fisher_logs_the_operators_eigenvalue(curvature, operator):
+    x, y = tiny.data()
+    model = compiled_mlp()
+    monitor = callbacks.HessianEigenvalueMonitor(
+        (x, y), curvature=curvature, top_k=2, num_matvecs=10, trace=True, trace_matvecs=6
+    )
+    monitor.set_model(model)
+    logs = {}
+    monitor.on_epoch_end(0, logs)
+    assert set(logs) == {
+        f"{curvature}_top_eigenvalue", f"{curvature}_eigenvalue_2",
+        f"{curvature}_trace", f"{curvature}_trace_std_error",
+    }
+    op = operator(model, "mse", (x, y))
+    direct = op.top_eigenpairs(k=2, num_matvecs=10, seed=0)
+    np.testing.assert_allclose(
+        [logs[f"{curvature}_top_eigenvalue"], logs[f"{curvature}_eigenvalue_2"]],
+        direct.eigenvalues, rtol=1e-6, atol=0,
+    )
+    trace = op.trace(num_matvecs=6, seed=0)
+    np.testing.assert_allclose(logs[f"{curvature}_trace"], trace.value, rtol=1e-6, atol=0)
+    assert monitor.num_matvecs_used == direct.num_matvecs + 6
+
+
+def test_monitor_ggn_differs_from_the_hessian():
+    # Not the Hessian under another name: the tanh network's Hessian has a
+    # residual term the GGN drops.
+    x, y = tiny.data()
+    model = compiled_mlp()
+    values = {}
+    for curvature in ("hessian", "ggn"):
+        monitor = callbacks.HessianEigenvalueMonitor((x, y), curvature=curvature, num_matvecs=10)
+        monitor.set_model(model)
+        values[curvature] = monitor.measure()[f"{curvature}_top_eigenvalue"]
+    assert not np.isclose(values["hessian"], values["ggn"], rtol=1e-3)
+
+
+def test_monitor_which_smallest_logs_the_direct_call():
+    x, y, x64, y64 = data64()
+    model = compiled_mlp()
+    monitor = callbacks.HessianEigenvalueMonitor((x, y), which="smallest", top_k=2)
+    monitor.set_model(model)
+    logs = monitor.measure()
+    op = hessian.HessianOperator(model, "mse", (x, y))
+    direct = op.top_eigenpairs(k=2, which="smallest", seed=0)
+    np.testing.assert_allclose(
+        [logs["hessian_top_eigenvalue"], logs["hessian_eigenvalue_2"]],
+        direct.eigenvalues, rtol=1e-6, atol=0,
+    )
+    # And they are the two most negative eigenvalues of the NumPy Hessian.
+    exact = np.linalg.eigvalsh(ref.mlp_hessian(tiny.weights_of(model), x64, y64))
+    assert exact[0] < 0
+    np.testing.assert_allclose(direct.eigenvalues, exact[:2], rtol=1e-3, atol=1e-5)
+
+
+def test_monitor_hutchpp_trace_is_the_direct_call():
+    x, y = tiny.data()
+    model = compiled_mlp()
+    monitor = callbacks.HessianEigenvalueMonitor(
+        (x, y), num_matvecs=5, trace=True, trace_matvecs=9, trace_method="hutch++"
+    )
+    monitor.set_model(model)
+    logs = monitor.measure()
+    op = hessian.HessianOperator(model, "mse", (x, y))
+    direct = op.trace(num_matvecs=9, method="hutch++", seed=0)
+    np.testing.assert_allclose(logs["hessian_trace"], direct.value, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(logs["hessian_trace_std_error"], direct.std_error, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(curvature="kfac"), r"`curvature` must be one of .*Received: curvature='kfac'"),
+        (dict(curvature="GGN"), r"`curvature`.*Received: curvature='GGN'"),
+        (dict(which="middle"), r"`which` must be one of .*Received: which='middle'"),
+        (dict(trace_method="hutch+"), r"`trace_method`.*Received: trace_method='hutch\+'"),
+        (
+            dict(trace=True, trace_method="hutch++", trace_matvecs=2),
+            r"`trace_matvecs` must be an integer >= 3. Received: trace_matvecs=2",
+        ),
+    ],
+)
+def test_bad_curvature_which_and_trace_method(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        callbacks.HessianEigenvalueMonitor(tiny.data(), **kwargs)
