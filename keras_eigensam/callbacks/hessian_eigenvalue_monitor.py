@@ -205,11 +205,14 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
         if num_matvecs is not None:
             num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
-            if num_matvecs < self.top_k:
+            runs = self.top_k + (self.method == "power" and self.which != "magnitude")
+            if num_matvecs < runs:
                 raise ValueError(
-                    "`num_matvecs` must be at least `top_k`: every eigenvalue "
-                    f"needs a product. Received: num_matvecs={num_matvecs}, "
-                    f"top_k={self.top_k}"
+                    f"`num_matvecs` must be at least {runs}: every eigenvalue "
+                    "needs a product (power iteration with which='largest' or "
+                    "'smallest' one more, for the shift). Received: "
+                    f"num_matvecs={num_matvecs}, top_k={self.top_k}, "
+                    f"method={self.method!r}, which={self.which!r}"
                 )
         self.num_matvecs = num_matvecs
         self.tol = None if tol is None else validation.check_number(

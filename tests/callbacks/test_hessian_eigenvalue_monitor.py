@@ -162,6 +162,8 @@ def test_hessian_monitor_trace_is_within_the_estimators_standard_error():
          ValueError, r"`hvp_mode`.*Received: hvp_mode='exact'"),
         (lambda d: callbacks.HessianEigenvalueMonitor(d, top_k=3, num_matvecs=2),
          ValueError, r"`num_matvecs`.*num_matvecs=2, top_k=3"),
+        (lambda d: callbacks.HessianEigenvalueMonitor(d, top_k=2, num_matvecs=2, method="power"),
+         ValueError, r"`num_matvecs` must be at least 3.*num_matvecs=2, top_k=2"),
         (lambda d: callbacks.HessianEigenvalueMonitor(d, plot_density=True),
          ValueError, r"`plot_density=True`.*density=False"),
         (lambda d: callbacks.HessianEigenvalueMonitor(d, trace=1),
