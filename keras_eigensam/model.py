@@ -635,7 +635,8 @@ class _FitChecks(keras.callbacks.Callback):
             return  # nothing to refresh, or a data set of unknown length
         optimizer = inner_optimizer(self.model.optimizer)
         accumulation = getattr(optimizer, "gradient_accumulation_steps", None) or 1
-        first = int(ops.convert_to_numpy(optimizer.iterations.value))
+        iterations = optimizer.iterations  # a tensor under accumulation
+        first = int(ops.convert_to_numpy(getattr(iterations, "value", iterations)))
         message = tracker.schedule_warning(first, (steps * epochs) // accumulation)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=2)

@@ -142,3 +142,24 @@ def test_alignment_logger_schedule_arguments():
         callbacks.EigenAlignmentLogger(every="epoch")
     with pytest.raises(ValueError, match=r"one schedule.*every=2, every_n_steps=3"):
         callbacks.EigenAlignmentLogger(every=2, every_n_steps=3)
+
+
+def test_alignment_csv_keeps_the_steps_before_a_resume(tmp_path):
+    """A resumed run (a new logger, a new process) writing to the same
+    `log_dir` keeps the earlier rows up to the step it resumes from and
+    drops those it trains again (issue 12, item 16)."""
+    x, y = tiny.data(n=16)
+    model = sam_model()
+    fit = dict(batch_size=4, verbose=0, shuffle=False)
+    model.fit(x, y, epochs=3, callbacks=[callbacks.EigenAlignmentLogger(str(tmp_path))], **fit)
+    first = read_csv(tmp_path / callbacks.ALIGNMENT_CSV)
+    assert [int(r["step"]) for r in first] == list(range(1, 13))
+    # Resumed from a backup after epoch 2 (step 8): steps 9.. are retrained.
+    model.optimizer.iterations.assign(8)
+    resumed = callbacks.EigenAlignmentLogger(str(tmp_path))
+    model.fit(x, y, epochs=1, callbacks=[resumed], **fit)
+    rows = read_csv(tmp_path / callbacks.ALIGNMENT_CSV)
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert rows[:8] == first[:8]  # the earlier steps as they were written
+    assert [s for s, _ in resumed.history] == [9, 10, 11, 12]
+    assert rows[8]["eigen_alignment"] == repr(resumed.history[0][1]["eigen_alignment"])
