@@ -4,6 +4,7 @@ import inspect
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_eigensam import linalg
@@ -154,6 +155,27 @@ class SharpnessAwareModel(keras.Model):
         self.method_metrics = [
             keras.metrics.Mean(name=name) for name in method.metric_names
         ]
+
+    def summary(self, *args, **kwargs):
+        """The summary of the network (its layers and parameters), then one
+        line for the method's state.
+
+        The state (a copy of the weights' shape for an eigenvector, counters,
+        EMAs) is saved with the model but is not a parameter: Keras's own
+        summary of the wrapping model would count it as non-trainable
+        parameters. A subclassed model (no wrapped network) gets Keras's
+        summary, then the same line. Arguments are `keras.Model.summary`'s.
+        """
+        if self.model is not None:
+            self.model.summary(*args, **kwargs)
+        else:
+            super().summary(*args, **kwargs)
+        print_fn = kwargs.get("print_fn") or (args[3] if len(args) > 3 else None) or print
+        size = sum(int(np.prod(v.shape)) for v in self.method.variables)
+        print_fn(
+            f"Method state ({type(self.method).__name__}): {size:,} values, saved "
+            "with the model, not parameters"
+        )
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, with two checks of this model's own.

@@ -459,6 +459,22 @@ def test_terminate_on_nan_stops_at_a_skipped_step(terminate):
     assert all(np.isfinite(w).all() for w in tiny.weights_of(model))
 
 
+def test_summary_counts_parameters_not_method_state():
+    """Issue 12, item 19: the eigenvector copy is state, not parameters."""
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.EigenSAM())
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x, y = tiny.data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    lines = []
+    model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+    text = "\n".join(lines)
+    parameters = model.model.count_params()
+    state = sum(int(np.prod(v.shape)) for v in model.method.variables)
+    assert state > parameters  # the eigenvector alone is one per parameter
+    assert f"Total params: {parameters:,} " in text
+    assert f"Method state (EigenSAM): {state:,} values" in lines[-1]
+
+
 # ---------------------------------------------------------------- compatibility
 
 
