@@ -194,10 +194,13 @@ class CurvatureOperator:
             lambda batch, vectors: self._weighted_product(batch, vectors),
             self.jit_compile,
         )
+        self._shards = None
         if self._strategy.num_replicas_in_sync > 1:
             self._replicated_matvec = replicas.run_replicated(
                 self._strategy, self._replica_product
             )
+            if not self.data.streamed:  # split once, not at every product
+                self._shards = [self._split(batch) for batch in self.data]
 
     # ----------------------------------------------------------- the operator
 
@@ -228,16 +231,14 @@ class CurvatureOperator:
         """
         vectors = probe.check_vectors(vectors, self.variables, "vectors")
         self.matvec_count += 1
-        distributed = self._strategy.num_replicas_in_sync > 1
+        if self._strategy.num_replicas_in_sync == 1:
+            batches, batch_matvec = self.data, self._batch_matvec
+        else:
+            batches = self._shards or (self._split(batch) for batch in self.data)
+            batch_matvec = self._replicated_matvec
         total, count = None, None
-        for batch in self.data:
-            if distributed:
-                shards = replicas.split_batch(
-                    self._strategy, batch, probe.batch_size(batch["x"])
-                )
-                mv, n = self._replicated_matvec(shards, vectors)
-            else:
-                mv, n = self._batch_matvec(batch, vectors)
+        for batch in batches:
+            mv, n = batch_matvec(batch, vectors)
             total = mv if total is None else linalg.add(total, mv)
             count = n if count is None else count + n
         # A tensor of the weights' dtype: a Python float would be rounded
@@ -291,6 +292,10 @@ class CurvatureOperator:
         return LinearOperator(
             (n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64
         )
+
+    def _split(self, batch):
+        """`batch` as one shard per replica (a distributed value)."""
+        return replicas.split_batch(self._strategy, batch, probe.batch_size(batch["x"]))
 
     def _weighted_product(self, batch, vectors):
         """`(n · M_b·v, n)` for one batch (or one replica's shard)."""

@@ -366,3 +366,21 @@ def small_data(n, loss_kind, outputs=3, seed=0):
     if loss_kind == "mse":
         return x, rng.standard_normal((n, outputs))
     return x, rng.integers(0, outputs, size=(n,))
+
+
+def spectrum_matrix(eigenvalues, seed=0):
+    """A dense symmetric matrix with the given eigenvalues (random basis)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return (q * np.asarray(eigenvalues, float)) @ q.T
+
+
+def counting(a):
+    """`(matvec, calls)`: `v -> a @ v`, appending to `calls` at every product."""
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return a @ v
+
+    return matvec, calls

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from keras_eigensam import hessian
+from tests.hessian import reference
 from tests.hessian.reference import flatten
 from tests.hessian.reference import pass_through
 from tests.hessian.reference import quadratic_model_with
 
 
 def spectrum_matrix(eigenvalues, seed=1):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
-    return (q * np.asarray(eigenvalues, float)) @ q.T
+    return reference.spectrum_matrix(eigenvalues, seed)
 
 
 # One spectrum per end, chosen so that shifted power iteration converges in

@@ -5,12 +5,8 @@ import pytest
 
 from keras_eigensam import hessian
 from keras_eigensam.hessian.lanczos import lanczos
-
-
-def spectrum_matrix(eigenvalues, seed=0):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
-    return (q * np.asarray(eigenvalues, float)) @ q.T
+from tests.hessian.reference import counting
+from tests.hessian.reference import spectrum_matrix
 
 
 def test_top_eigenpairs_match_eigh():
@@ -136,16 +132,6 @@ def test_residuals_are_those_of_the_returned_pairs(which):
     np.testing.assert_allclose(
         eigvals, [v @ a @ v for v in vectors], rtol=1e-12, atol=1e-12
     )
-
-
-def counting(a):
-    calls = []
-
-    def matvec(v):
-        calls.append(1)
-        return a @ v
-
-    return matvec, calls
 
 
 @pytest.mark.parametrize("k, tol", [(1, 1e-6), (3, 1e-6), (3, 1e-9)])

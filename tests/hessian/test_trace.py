@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_eigensam import hessian
+from tests.hessian.reference import counting
 from tests.hessian.reference import pass_through
 from tests.hessian.reference import quadratic_model_with
 
@@ -67,16 +68,6 @@ def decaying_psd(n=60, seed=0):
 def hutchinson_variance(a, m):
     """Variance of the Rademacher Hutchinson estimate from m probes."""
     return 2 * (np.sum(a**2) - np.sum(np.diag(a) ** 2)) / m
-
-
-def counting(a):
-    calls = []
-
-    def matvec(v):
-        calls.append(1)
-        return a @ v
-
-    return matvec, calls
 
 
 def test_hutchpp_spends_num_matvecs_and_is_within_its_standard_errors():
