@@ -13,8 +13,8 @@ from keras_eigensam.hessian.ggn import GGNOperator
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
 from keras_eigensam.hessian.lanczos import WHICH
-from keras_eigensam.hessian.operator import EIGEN_METHODS
-from keras_eigensam.hessian.operator import HessianOperator
+from keras_eigensam.hessian.eigenpairs import EIGEN_METHODS
+from keras_eigensam.hessian.hessian_operator import HessianOperator
 from keras_eigensam.hessian.trace import TRACE_METHODS
 
 #: The curvature matrices the monitor measures, and the prefix of its keys.

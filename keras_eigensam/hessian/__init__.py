@@ -20,9 +20,11 @@ Two layers:
 
 Modules: `hvp.py`, `power_iteration.py`, `lanczos.py`, `trace.py`,
 `density.py`, `data.py` (`CurvatureData`: the batches, in memory or
-streamed), `operator.py` (`CurvatureOperator`, `HessianOperator`), `ggn.py`,
-`fisher.py`, `sharpness.py`, and `probe.py` (probe data and the loss on it,
-shared with `keras_eigensam.callbacks`). The functions
+streamed), `operator.py` (`CurvatureOperator`), `eigenpairs.py` (what
+`top_eigenpairs` returns and its power-iteration route),
+`hessian_operator.py`, `ggn.py`, `fisher.py`, `sharpness.py`, and
+`probe.py` (probe data and the loss on it, shared with
+`keras_eigensam.callbacks`). The functions
 `hvp`, `power_iteration` and `sharpness` are re-exported under the names of
 their modules, so `keras_eigensam.hessian.hvp` is the function; import from
 a module with `from keras_eigensam.hessian.hvp import make_hvp`. TensorFlow
@@ -43,10 +45,10 @@ from keras_eigensam.hessian.hvp import hvp
 from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
 from keras_eigensam.hessian.lanczos import WHICH
-from keras_eigensam.hessian.operator import EIGEN_METHODS
+from keras_eigensam.hessian.eigenpairs import EIGEN_METHODS
+from keras_eigensam.hessian.eigenpairs import Eigenpairs
 from keras_eigensam.hessian.operator import CurvatureOperator
-from keras_eigensam.hessian.operator import Eigenpairs
-from keras_eigensam.hessian.operator import HessianOperator
+from keras_eigensam.hessian.hessian_operator import HessianOperator
 from keras_eigensam.hessian.power_iteration import deflated_power_iteration
 from keras_eigensam.hessian.power_iteration import power_iteration
 from keras_eigensam.hessian.probe import ProbeLoss

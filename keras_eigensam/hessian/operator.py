@@ -3,7 +3,7 @@
 `CurvatureOperator` holds what every curvature matrix shares: the data
 (`CurvatureData`, in memory or streamed), the batch-size-weighted sum over
 batches and replicas, and the estimators (eigenpairs, trace, diagonal,
-spectral density, SciPy export). `HessianOperator` is defined here;
+spectral density, SciPy export). `HessianOperator` (`hessian_operator.py`),
 `GGNOperator` (`ggn.py`) and `EmpiricalFisherOperator` (`fisher.py`)
 differ only in the product on one batch.
 
@@ -38,41 +38,16 @@ from keras_eigensam import validation
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import replicas
 from keras_eigensam.backend import tracing
+from keras_eigensam.hessian import eigenpairs
 from keras_eigensam.hessian import probe
 from keras_eigensam.hessian.data import CurvatureData
 from keras_eigensam.hessian.density import spectral_density
-from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
-from keras_eigensam.hessian.hvp import HVP_MODES
-from keras_eigensam.hessian.hvp import hvp
-from keras_eigensam.hessian.lanczos import WHICH
 from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
-from keras_eigensam.hessian.power_iteration import deflated_power_iteration
 from keras_eigensam.hessian.trace import TRACE_METHODS
 from keras_eigensam.hessian.trace import Estimate
 from keras_eigensam.hessian.trace import hutchinson_diagonal
 from keras_eigensam.hessian.trace import hutchinson_trace
 from keras_eigensam.hessian.trace import hutchpp_trace
-
-#: The eigen-solvers of `CurvatureOperator.top_eigenpairs`.
-EIGEN_METHODS = ("lanczos", "power")
-
-class Eigenpairs(tuple):
-    """`(eigenvalues, eigenvectors)`, with the cost and residuals as attributes.
-
-    Unpacks as a pair, `eigvals, eigvecs = op.top_eigenpairs(k=3)`; the
-    attributes `eigenvalues` (NumPy, shape `(k,)`), `eigenvectors` (`k`
-    lists of tensors), `num_matvecs` (products spent) and `residuals`
-    (`‖Mv − λv‖` of each pair, NumPy) name its parts.
-    """
-
-    def __new__(cls, eigenvalues, eigenvectors, num_matvecs, residuals):
-        pair = super().__new__(cls, (eigenvalues, eigenvectors))
-        pair.eigenvalues = eigenvalues
-        pair.eigenvectors = eigenvectors
-        pair.num_matvecs = num_matvecs
-        pair.residuals = residuals
-        return pair
-
 
 class CurvatureOperator:
     """A curvature matrix `M` of a model's mean loss over a data set.
@@ -387,33 +362,9 @@ class CurvatureOperator:
         lam_min = op.top_eigenpairs(which="smallest").eigenvalues[0]
         ```
         """
-        k = validation.check_int("k", k, minimum=1)
-        if k > self.num_parameters:
-            raise ValueError(
-                f"`k` must be at most the number of parameters "
-                f"({self.num_parameters}). Received: k={k}"
-            )
-        method = validation.check_choice("method", method, EIGEN_METHODS)
-        which = validation.check_choice("which", which, WHICH)
-        if tol is not None:
-            tol = validation.check_number("tol", tol, minimum=0.0, strict=True)
-        if num_matvecs is not None:
-            num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
-            if num_matvecs < k:
-                raise ValueError(
-                    "`num_matvecs` must be at least `k`: every eigenpair "
-                    f"needs a product. Received: num_matvecs={num_matvecs}, k={k}"
-                )
-            runs = k if which == "magnitude" else k + 1
-            if method == "power" and num_matvecs < runs:
-                # One run for the dominant eigenvalue, then one per pair:
-                # fewer products than runs cannot be shared among them.
-                raise ValueError(
-                    "`num_matvecs` must be at least `k + 1` for power iteration "
-                    "with which='largest' or 'smallest' (a run for the dominant "
-                    f"eigenvalue, then one per eigenpair). Received: "
-                    f"num_matvecs={num_matvecs}, k={k}, which={which!r}"
-                )
+        k, method, which, num_matvecs, tol = eigenpairs.check_arguments(
+            k, self.num_parameters, method, which, num_matvecs, tol
+        )
         if initial is not None:
             initial = probe.check_vectors(initial, self.variables, "initial")
         rng = np.random.default_rng(seed)
@@ -431,7 +382,15 @@ class CurvatureOperator:
             )
             eigvecs = [probe.unflatten(v, self.variables) for v in vectors]
         else:
-            eigvals, eigvecs = self._power_eigenpairs(k, which, num_matvecs, tol, initial, rng)
+
+            def start(index):
+                if index == 0 and initial is not None:
+                    return initial
+                return probe.unflatten(rng.standard_normal(self.num_parameters), self.variables)
+
+            eigvals, eigvecs = eigenpairs.power_eigenpairs(
+                self.matvec, k, which, start, num_matvecs, tol
+            )
             residuals = None
         if residuals is None:
             residuals = np.asarray(
@@ -440,37 +399,10 @@ class CurvatureOperator:
                     for lam, v in zip(eigvals, eigvecs)
                 ]
             )
-        return Eigenpairs(eigvals, eigvecs, self.matvec_count - start_count, residuals)
+        return eigenpairs.Eigenpairs(
+            eigvals, eigvecs, self.matvec_count - start_count, residuals
+        )
 
-    def _power_eigenpairs(self, k, which, num_matvecs, tol, initial, rng):
-        runs = k if which == "magnitude" else k + 1
-        per_run = 100 if num_matvecs is None else max(1, num_matvecs // runs)
-
-        def start(index):
-            if index == 0 and initial is not None:
-                return initial
-            return probe.unflatten(rng.standard_normal(self.num_parameters), self.variables)
-
-        if which == "magnitude":
-            return deflated_power_iteration(self.matvec, k, start, per_run, tol)
-        sign = 1.0 if which == "largest" else -1.0
-
-        def signed(vectors):
-            return linalg.scale(self.matvec(vectors), sign)
-
-        dominant, vectors = deflated_power_iteration(signed, 1, start, per_run, tol)
-        if k == 1 and dominant[0] >= 0:
-            return sign * dominant, vectors
-        shift = abs(float(dominant[0]))
-
-        def shifted(vectors):
-            return linalg.add_scaled(signed(vectors), vectors, shift)
-
-        def restart(index):
-            return vectors[0] if index == 0 and dominant[0] >= 0 else start(index + 1)
-
-        mu, eigvecs = deflated_power_iteration(shifted, k, restart, per_run, tol)
-        return sign * (mu - shift), eigvecs
 
     def trace(self, num_matvecs=100, method="hutchinson", seed=None):
         """Estimate of the trace `tr(M)`, with its standard error.
@@ -579,61 +511,3 @@ class CurvatureOperator:
             seed=seed,
             dtype=self._dtype,
         )
-
-
-class HessianOperator(CurvatureOperator):
-    """The Hessian of a Keras model's mean loss over a batch or a data set.
-
-    `M = ∇²L(w)`, the Hessian with respect to the trainable weights of the
-    mean loss over `data` plus `model.losses` (weight and activity
-    regularisers); see `CurvatureOperator` for the data, the distribution
-    and the estimators. Every product is exact, also for embeddings and
-    normalization layers (see `hvp`); `training` chooses the operator, and
-    the two can differ by orders of magnitude (`benchmarks/hessian.md`), so
-    report it with every figure.
-
-    Args and errors: as `CurvatureOperator`'s, plus
-
-        hvp_mode: `"reverse_over_reverse"` or `"forward_over_backward"`; see
-            `hvp`. Defaults to `"reverse_over_reverse"`, the faster in this
-            project's measurements (`benchmarks/hessian.md`). An unknown
-            mode raises a `ValueError`.
-
-    Example:
-
-    ```python
-    op = hessian.HessianOperator(model, "sparse_categorical_crossentropy",
-                                 (x_batch, y_batch), training=False)
-    eigvals, eigvecs = op.top_eigenpairs(k=5, num_matvecs=30)
-    trace, std_error = op.trace(num_matvecs=99, method="hutch++", seed=0)
-    grid, density = op.density(num_matvecs=200, num_probes=4, seed=0)
-    ```
-
-    Reference:
-        - [Ghorbani et al., 2019](https://arxiv.org/abs/1901.10159)
-        - [Yao et al., PyHessian, 2020](https://arxiv.org/abs/1912.07145)
-    """
-
-    kind = "Hessian"
-
-    def __init__(
-        self,
-        model,
-        loss,
-        data,
-        training=False,
-        batch_size=None,
-        hvp_mode=DEFAULT_HVP_MODE,
-        jit_compile=False,
-        check_deterministic=True,
-    ):
-        self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
-        super().__init__(
-            model, loss, data, training, batch_size, jit_compile, check_deterministic
-        )
-
-    def _batch_product(self, batch, vectors):
-        return hvp(
-            lambda: self._probe.batch_loss(batch), self.variables, vectors, self.hvp_mode
-        )
-
