@@ -45,6 +45,9 @@ flags.DEFINE_enum(
     "dataset", "digits", config.DATASETS, "Dataset (digits and mnist1d are offline)."
 )
 flags.DEFINE_string("data_dir", None, "Directory of prepared TFDS datasets.")
+flags.DEFINE_bool(
+    "download", False, "Download and prepare a TFDS dataset missing from --data_dir."
+)
 flags.DEFINE_enum("model", "mlp", config.MODELS, "Architecture.")
 flags.DEFINE_enum(
     "augment",

@@ -46,6 +46,7 @@ DEFAULT_PERTURBATION_SCOPE = (
 # run may be resumed with different values (e.g. on other hardware).
 _NOT_SETTINGS = (
     "data_dir",
+    "download",
     "output_dir",
     "run_name",
     "strategy",
@@ -80,6 +81,10 @@ class TrainConfig:
         model: One of `MODELS`. Defaults to `"mlp"`.
         augment: One of `AUGMENTATIONS`. Defaults to `"standard"`.
         data_dir: Directory of prepared TFDS datasets. Defaults to `None`.
+        download: Download and prepare a TFDS dataset missing from
+            `data_dir` (`data.load(download=True)`: once, the workers of a
+            multi-worker run wait for the one that prepares). Defaults to
+            `False`.
         method: `"sgd"` or a name in `registry.names()`. Defaults to `"sam"`.
         method_args: Arguments of the method's constructor (e.g.
             `{"rho": 0.1, "alpha": 0.1}`), numbers, strings, booleans or
@@ -145,6 +150,7 @@ class TrainConfig:
     model: str = "mlp"
     augment: str = "standard"
     data_dir: str = None
+    download: bool = False
     method: str = "sam"
     method_args: dict = dataclasses.field(default_factory=dict)
     perturbation_scope: str = None
@@ -221,6 +227,7 @@ class TrainConfig:
         _optional(validation.check_int, "logical_cpus", self.logical_cpus, minimum=1)
         validation.check_bool("mixed_precision", self.mixed_precision)
         validation.check_bool("curvature", self.curvature)
+        validation.check_bool("download", self.download)
         if self.jit_compile not in (None, True, False):
             raise ConfigError(
                 "`jit_compile` must be True, False or None (Keras's 'auto'). "

@@ -136,7 +136,8 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
             divisible by the number of replicas, or the run directory holds
             a run with other settings).
         keras_eigensam.experiments.data.DatasetUnavailableError: if a TFDS
-            dataset is not prepared in `config.data_dir`.
+            dataset is not prepared in `config.data_dir` and
+            `config.download` is `False`, or its download failed.
         ImportError: if `tensorboard` is not installed.
 
     Example:
@@ -393,6 +394,7 @@ def _datasets(config, strategy, *, training, initial_epoch=0):
             config.batch_size,
             training=training,
             data_dir=config.data_dir,
+            download=config.download,
             seed=config.seed,
             num_replicas=strategy.num_replicas_in_sync,
             augment=config.augment,
