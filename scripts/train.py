@@ -115,7 +115,10 @@ flags.DEFINE_bool("jit_compile", None, "XLA (unset: Keras's auto, on for GPU/TPU
 flags.DEFINE_bool("mixed_precision", False, "Train under the mixed_float16 policy.")
 flags.DEFINE_enum("strategy", "auto", config.STRATEGIES, "Distribution strategy.")
 flags.DEFINE_string(
-    "tpu", None, "TPU address for --strategy=tpu ('local' on a TPU VM)."
+    "tpu",
+    None,
+    "TPU address for --strategy=tpu/auto ('local' on a TPU VM; unset: look for "
+    "one on a TPU VM, at $COLAB_TPU_ADDR, then by TensorFlow's discovery).",
 )
 flags.DEFINE_integer(
     "logical_cpus", None, "Split the CPU into this many logical devices.", lower_bound=1

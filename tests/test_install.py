@@ -30,13 +30,17 @@ def test_fallback_url_is_setup_cfgs_url_and_source():
     urls = dict(
         line.split("=", 1) for line in metadata["project_urls"].strip().splitlines()
     )
-    assert {k.strip(): v.strip() for k, v in urls.items()} == {"Source": metadata["url"]}
+    urls = {k.strip(): v.strip() for k, v in urls.items()}
+    assert urls == {"Source": metadata["url"]}
 
 
 def test_advice_reads_the_url_from_the_metadata():
     source = _metadata(
         Home_page="https://example.org/home",
-        Project_URL=["Docs, https://example.org/docs", "Source, https://example.org/src"],
+        Project_URL=[
+            "Docs, https://example.org/docs",
+            "Source, https://example.org/src",
+        ],
     )
     assert install.pip_install("cpu", source) == (
         'pip install "keras-eigensam[cpu] @ git+https://example.org/src"'

@@ -116,7 +116,9 @@ class TrainConfig:
             `False`.
         strategy: One of `STRATEGIES` (see `strategies.make_strategy`).
             Defaults to `"auto"`.
-        tpu: TPU address for `strategy="tpu"`. Defaults to `None`.
+        tpu: The TPU's address for `strategy="tpu"` or `"auto"` (e.g.
+            `"local"` on a TPU VM); `None` looks for one the usual ways
+            (`strategies.make_strategy`). Defaults to `None`.
         logical_cpus: Split the CPU into this many logical devices before
             TensorFlow starts (for testing `mirrored` on one CPU). Defaults
             to `None`.
@@ -233,10 +235,10 @@ class TrainConfig:
                 "`jit_compile` must be True, False or None (Keras's 'auto'). "
                 f"Received: jit_compile={self.jit_compile!r}"
             )
-        if self.strategy == "tpu" and not self.tpu:
+        if self.tpu is not None and not (isinstance(self.tpu, str) and self.tpu):
             raise ConfigError(
-                "strategy='tpu' needs the TPU's address: pass `tpu` (e.g. "
-                "'local' on a TPU VM or 'grpc://10.0.0.2:8470'). Received: "
+                "`tpu` must be the TPU's address (e.g. 'local' on a TPU VM or "
+                "'grpc://10.0.0.2:8470') or None to look for one. Received: "
                 f"tpu={self.tpu!r}"
             )
         if not self.output_dir:

@@ -125,7 +125,8 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
         steps_per_second            training steps per second after the first
                                       epoch (with one epoch: including it)
         versions                    python, tensorflow, keras, numpy, keras_eigensam
-        device                      strategy, replicas, workers, devices, CPU, GPUs
+        device                      strategy (and how it was found), replicas,
+                                      workers, devices, CPU, GPUs
         config                      the resolved TrainConfig (every setting)
         metadata                    what the caller passed (the scripts: flags)
         files                       names of the files in the run directory
@@ -249,6 +250,7 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
         ]
         if config.verbose:
             resumed = f", resuming after epoch {initial_epoch}" if initial_epoch else ""
+            print(f"Strategy: {strategies.describe(strategy)}", flush=True)
             print(
                 f"Run {name}: {config.method} on {config.dataset} with {config.model} "
                 f"({net.count_params():,} parameters), {num_replicas} replica(s) "

@@ -90,7 +90,7 @@ def test_curvature_makes_sam_track_the_eigenvector():
         (dict(dataset="imagenet"), "`dataset` must be one of"),
         (dict(batch_size=0), "`batch_size` must be an integer >= 1"),
         (dict(epochs=2, warmup_epochs=3), "`warmup_epochs` must not exceed `epochs`"),
-        (dict(strategy="tpu"), "strategy='tpu' needs the TPU's address"),
+        (dict(strategy="tpu", tpu=""), "`tpu` must be the TPU's address"),
         (dict(jit_compile="yes"), "`jit_compile` must be True, False or None"),
         (dict(curvature=1), "`curvature` must be a bool"),
         (dict(download="yes"), "`download` must be a bool. Received: download='yes'"),

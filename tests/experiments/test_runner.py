@@ -103,6 +103,8 @@ def test_run_writes_the_run_directory_and_reuses_a_finished_run(tmp_path):
     assert results["method_config"] is None
     assert results["versions"]["keras_eigensam"] == ks.__version__
     assert results["device"]["num_replicas"] == 1
+    # How strategy="auto" chose: no TPU here, so one device.
+    assert results["device"]["strategy_found"].startswith("no TPU ('local' (TPU VM)")
 
     # Finished: the stored results come back, nothing is trained.
     again = runner.run(config)

@@ -132,7 +132,7 @@ def test_failed_download_with_the_real_builder_says_why_and_how_else(
 
 
 def test_download_must_be_a_bool_and_offline_datasets_ignore_it(fake_tfds):
-    with pytest.raises(TypeError, match="`download` must be a bool. Received: download='yes'"):
+    with pytest.raises(TypeError, match="`download` must be a bool.*download='yes'"):
         data.load("digits", "train", 8, training=True, download="yes")
     with pytest.raises(TypeError, match="download=1"):
         tfds_data.read("cifar10", "train", download=1)
