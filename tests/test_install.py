@@ -34,6 +34,20 @@ def test_fallback_url_is_setup_cfgs_url_and_source():
     assert urls == {"Source": metadata["url"]}
 
 
+def test_every_install_line_in_the_docs_uses_setup_cfgs_url():
+    # `pip install "…@ git+URL"` and `git clone URL` (".git" or not).
+    url = _setup_cfg()["metadata"]["url"]
+    root = SETUP_CFG.parent
+    docs = [root / "README.md", *sorted((root / "colab").glob("*.ipynb"))]
+    end = r"[\s\"'\\`@#]"  # of a URL in a command, in JSON or Markdown
+    pattern = rf"(?:git\+|git clone )(https://(?:(?!{end}).)+?)(?:\.git)?(?={end}|$)"
+    found = [
+        (path.name, u) for path in docs for u in re.findall(pattern, path.read_text())
+    ]
+    assert ("README.md", url) in found
+    assert {u for _, u in found} == {url}, found
+
+
 def test_advice_reads_the_url_from_the_metadata():
     source = _metadata(
         Home_page="https://example.org/home",
