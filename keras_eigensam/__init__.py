@@ -3,10 +3,12 @@ FriendlySAM, LookSAM, ESAM, Momentum-SAM) for Keras 3 on TensorFlow."""
 
 import importlib.util as _importlib_util
 
+from keras_eigensam import install as _install
+
 if _importlib_util.find_spec("tensorflow") is None:  # pragma: no cover
     raise ImportError(
         "keras_eigensam needs TensorFlow 2.21. Install it with the `cpu` or "
-        "`gpu` extra: `pip install 'keras-eigensam[cpu]'`."
+        f"`gpu` extra: `{_install.pip_install('cpu')}` (or `[gpu]`)."
     )
 
 import keras as _keras

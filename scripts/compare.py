@@ -45,6 +45,9 @@ flags.DEFINE_enum(
     "dataset", "digits", config.DATASETS, "Dataset (digits and mnist1d are offline)."
 )
 flags.DEFINE_string("data_dir", None, "Directory of prepared TFDS datasets.")
+flags.DEFINE_bool(
+    "download", False, "Download and prepare a TFDS dataset missing from --data_dir."
+)
 flags.DEFINE_enum("model", "mlp", config.MODELS, "Architecture.")
 flags.DEFINE_enum(
     "augment",
@@ -64,7 +67,9 @@ flags.DEFINE_float(
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_integer("epochs", 10, "Epochs per run.")
 flags.DEFINE_enum("strategy", "auto", config.STRATEGIES, "Distribution strategy.")
-flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
+flags.DEFINE_string(
+    "tpu", None, "TPU address for --strategy=tpu/auto (unset: look for one)."
+)
 flags.DEFINE_bool(
     "curvature", False, "Measure curvature in every run; plot the methods together."
 )

@@ -31,8 +31,11 @@ Defaults worth knowing:
 - `--method=sgd` trains the plain Keras model (Keras's own train step).
 
 TFDS datasets (`cifar10`, `cifar100`, `fashion_mnist`, `svhn_cropped`) are
-never downloaded here: prepare them with `tfds build NAME --data_dir=DIR` and
-pass `--data_dir=DIR`. `digits` and `mnist1d` need no files.
+read from `--data_dir` (unset: `~/tensorflow_datasets`) and downloaded only
+with `--download`, which prepares them there once (the workers of a
+multi-worker run wait for the one that prepares); or prepare them elsewhere
+with `tfds build NAME --data_dir=DIR` and pass `--data_dir=DIR`. `digits`
+and `mnist1d` need no files.
 
 Distribution: `--strategy=auto` picks a TPU, else all GPUs, else one device;
 `mirrored` with `--logical_cpus=2` mirrors over two logical CPUs;
@@ -62,6 +65,12 @@ flags.DEFINE_enum(
     "dataset", "digits", config.DATASETS, "Dataset (digits and mnist1d are offline)."
 )
 flags.DEFINE_string("data_dir", None, "Directory of prepared TFDS datasets.")
+flags.DEFINE_bool(
+    "download",
+    False,
+    "Download and prepare a TFDS dataset missing from --data_dir (once; "
+    "workers starting together wait for the one that prepares).",
+)
 flags.DEFINE_enum(
     "model", "mlp", config.MODELS, "Architecture (experiments.architectures)."
 )
@@ -106,7 +115,10 @@ flags.DEFINE_bool("jit_compile", None, "XLA (unset: Keras's auto, on for GPU/TPU
 flags.DEFINE_bool("mixed_precision", False, "Train under the mixed_float16 policy.")
 flags.DEFINE_enum("strategy", "auto", config.STRATEGIES, "Distribution strategy.")
 flags.DEFINE_string(
-    "tpu", None, "TPU address for --strategy=tpu ('local' on a TPU VM)."
+    "tpu",
+    None,
+    "TPU address for --strategy=tpu/auto ('local' on a TPU VM; unset: look for "
+    "one on a TPU VM, at $COLAB_TPU_ADDR, then by TensorFlow's discovery).",
 )
 flags.DEFINE_integer(
     "logical_cpus", None, "Split the CPU into this many logical devices.", lower_bound=1

@@ -5,7 +5,9 @@ distributed runs use `perturbation_scope=global`, under which a SAM step does
 not depend on the number of replicas, and are compared with one device.
 """
 
+import ast
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -304,6 +306,33 @@ def test_two_workers_match_one_device(tmp_path, one_device):
     assert sorted(os.listdir(os.path.join(run_dir, "workers"))) == ["worker1"]
     assert os.listdir(os.path.join(run_dir, "workers", "worker1")) == ["backup"]
     assert_same_run(run_dir, one_device)
+
+
+# ---------------------------------------------------------------- flags
+
+
+def _flag_defaults(script):
+    """`{name: default}` of the flags a script defines, read from its source."""
+    defaults = {}
+    for node in ast.walk(ast.parse(open(script).read())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith(
+            "DEFINE_"
+        ):
+            defaults[node.args[0].value] = ast.literal_eval(node.args[1])
+    return defaults
+
+
+def test_script_flags_are_train_config_fields_with_their_defaults():
+    # The scripts map the flags named after TrainConfig fields to those fields.
+    fields = {f.name: f.default for f in dataclasses.fields(config.TrainConfig)}
+    train = _flag_defaults(TRAIN)
+    assert set(fields) - set(train) == {"method_args", "verbose"}
+    compare = _flag_defaults(COMPARE)
+    assert {"data_dir", "download", "strategy", "tpu"} <= set(compare)
+    for name, default in [*train.items(), *compare.items()]:
+        if name in fields and (name, default) != ("augment", "none"):  # compare's
+            assert default == fields[name], name
+    assert train["download"] is False and compare["download"] is False
 
 
 # ---------------------------------------------------------------- bad flags

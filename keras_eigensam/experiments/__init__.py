@@ -41,4 +41,5 @@ from keras_eigensam.experiments.config import TrainConfig
 from keras_eigensam.experiments.config import run_name
 from keras_eigensam.experiments.plotting import plot_curvature
 from keras_eigensam.experiments.runner import run
+from keras_eigensam.experiments.strategies import describe as describe_strategy
 from keras_eigensam.experiments.strategies import make_strategy

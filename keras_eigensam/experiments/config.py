@@ -46,6 +46,7 @@ DEFAULT_PERTURBATION_SCOPE = (
 # run may be resumed with different values (e.g. on other hardware).
 _NOT_SETTINGS = (
     "data_dir",
+    "download",
     "output_dir",
     "run_name",
     "strategy",
@@ -80,6 +81,10 @@ class TrainConfig:
         model: One of `MODELS`. Defaults to `"mlp"`.
         augment: One of `AUGMENTATIONS`. Defaults to `"standard"`.
         data_dir: Directory of prepared TFDS datasets. Defaults to `None`.
+        download: Download and prepare a TFDS dataset missing from
+            `data_dir` (`data.load(download=True)`: once, the workers of a
+            multi-worker run wait for the one that prepares). Defaults to
+            `False`.
         method: `"sgd"` or a name in `registry.names()`. Defaults to `"sam"`.
         method_args: Arguments of the method's constructor (e.g.
             `{"rho": 0.1, "alpha": 0.1}`), numbers, strings, booleans or
@@ -111,7 +116,9 @@ class TrainConfig:
             `False`.
         strategy: One of `STRATEGIES` (see `strategies.make_strategy`).
             Defaults to `"auto"`.
-        tpu: TPU address for `strategy="tpu"`. Defaults to `None`.
+        tpu: The TPU's address for `strategy="tpu"` or `"auto"` (e.g.
+            `"local"` on a TPU VM); `None` looks for one the usual ways
+            (`strategies.make_strategy`). Defaults to `None`.
         logical_cpus: Split the CPU into this many logical devices before
             TensorFlow starts (for testing `mirrored` on one CPU). Defaults
             to `None`.
@@ -145,6 +152,7 @@ class TrainConfig:
     model: str = "mlp"
     augment: str = "standard"
     data_dir: str = None
+    download: bool = False
     method: str = "sam"
     method_args: dict = dataclasses.field(default_factory=dict)
     perturbation_scope: str = None
@@ -221,15 +229,16 @@ class TrainConfig:
         _optional(validation.check_int, "logical_cpus", self.logical_cpus, minimum=1)
         validation.check_bool("mixed_precision", self.mixed_precision)
         validation.check_bool("curvature", self.curvature)
+        validation.check_bool("download", self.download)
         if self.jit_compile not in (None, True, False):
             raise ConfigError(
                 "`jit_compile` must be True, False or None (Keras's 'auto'). "
                 f"Received: jit_compile={self.jit_compile!r}"
             )
-        if self.strategy == "tpu" and not self.tpu:
+        if self.tpu is not None and not (isinstance(self.tpu, str) and self.tpu):
             raise ConfigError(
-                "strategy='tpu' needs the TPU's address: pass `tpu` (e.g. "
-                "'local' on a TPU VM or 'grpc://10.0.0.2:8470'). Received: "
+                "`tpu` must be the TPU's address (e.g. 'local' on a TPU VM or "
+                "'grpc://10.0.0.2:8470') or None to look for one. Received: "
                 f"tpu={self.tpu!r}"
             )
         if not self.output_dir:

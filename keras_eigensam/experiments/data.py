@@ -8,12 +8,13 @@ deviation; labels are int32 class indices.
 Two kinds of datasets:
 
 - `cifar10`, `cifar100`, `fashion_mnist` and `svhn_cropped` are read with
-  TensorFlow Datasets from `data_dir`. This module never downloads: if the
-  dataset is not prepared there, `load` raises `DatasetUnavailableError`.
-  Prepare it once on a machine with network access with
-  `tfds build cifar10 --data_dir=DIR` and pass `data_dir=DIR`. (A download
-  started from inside a training job is slow, fails on machines without
-  network, and races when several workers start it at once.)
+  TensorFlow Datasets from `data_dir` (`tfds_data`). Nothing is downloaded
+  unless asked: if the dataset is not prepared there, `load` raises
+  `DatasetUnavailableError`. Either pass `download=True` (the scripts'
+  `--download`), which downloads and prepares it once, workers that start
+  together waiting for the one that prepares; or prepare it on a machine
+  with network access with `tfds build cifar10 --data_dir=DIR` and pass
+  `data_dir=DIR`.
 - `digits` (scikit-learn's bundled 8×8×1 handwritten digits, 1,797 images;
   the first 1,437 are the train split and the last 360 the test split) and
   `mnist1d` (generated locally by the `mnist1d` package with its default
@@ -24,35 +25,17 @@ Two kinds of datasets:
 
 The training pipeline is: read → cache (decoded, before any augmentation) →
 shuffle (reshuffled every epoch) → augment → batch with the *global* batch
-size → [keras-cv augmentation] → normalise → prefetch. Augmentation is
-applied only when `training=True`:
-
-| `augment`       | what it does                                              |
-|-----------------|-----------------------------------------------------------|
-| `"none"`        | nothing                                                   |
-| `"standard"`    | zero-pad and random-crop back to size (4 pixels; 1 for    |
-|                 | `digits`), plus a horizontal flip for `cifar10`,          |
-|                 | `cifar100` and `fashion_mnist` but not for the digit      |
-|                 | datasets (a mirrored digit is another symbol).            |
-|                 | `mnist1d` gets no augmentation: its generator already     |
-|                 | translates, shears, scales and adds noise.                |
-| `"cutout"`      | `"standard"`, then `keras_cv.layers.RandomCutout`: a      |
-|                 | square of half the image side (16×16 on CIFAR) centred    |
-|                 | anywhere in the image and clipped at its border, filled   |
-|                 | after normalisation with 0 (the dataset mean), as in      |
-|                 | DeVries & Taylor (2017).                                  |
-| `"randaugment"` | `"standard"`, then `keras_cv.layers.RandAugment` with     |
-|                 | keras-cv's default policy before normalisation.           |
+size → [keras-cv augmentation] → normalise → prefetch. Augmentation
+(`"none"`, `"standard"`, `"cutout"`, `"randaugment"`: see `augment`) is
+applied only when `training=True`.
 
 Randomness: shuffling and the standard augmentation are driven by `seed`
 through seeded `tf.data` ops and stateless image ops, so a pipeline with the
 same arguments yields the same batches in every run, and a different
 augmentation in every epoch. With `epochs=` (what `scripts/train.py` uses)
 the batches of epoch *e* depend on `(seed, e)` only, so a run resumed at
-epoch *e* in a new process sees what an uninterrupted run sees. The keras-cv layers keep their own random state:
-Cutout runs sequentially and is reproducible for a given `seed`; RandAugment
-is not reproducible across runs, because several of keras-cv 0.9's RandAugment
-operations sample their magnitudes with TensorFlow's global random ops.
+epoch *e* in a new process sees what an uninterrupted run sees. The keras-cv
+layers of Cutout and RandAugment keep their own random state (see `augment`).
 """
 
 import dataclasses
@@ -62,7 +45,12 @@ import random
 import numpy as np
 import tensorflow as tf
 
+from keras_eigensam import install
 from keras_eigensam import validation
+from keras_eigensam.experiments import augment as augment_lib
+from keras_eigensam.experiments import tfds_data
+# Raised by `load`; it is `data.DatasetUnavailableError` to callers.
+from keras_eigensam.experiments.tfds_data import DatasetUnavailableError  # noqa: F401
 
 NAMES = (
     "cifar10",
@@ -72,21 +60,15 @@ NAMES = (
     "digits",
     "mnist1d",
 )
-AUGMENTATIONS = ("none", "standard", "cutout", "randaugment")
+AUGMENTATIONS = augment_lib.NAMES
 
-_TFDS_NAMES = ("cifar10", "cifar100", "fashion_mnist", "svhn_cropped")
+_TFDS_NAMES = tfds_data.NAMES
 _OFFLINE_SPLITS = ("train", "test")
 _SHUFFLE_BUFFER = 50_000
 # Epoch seeds are `seed · _EPOCH_STRIDE + epoch`: distinct for every
 # (seed, epoch) with fewer than a million epochs.
 _EPOCH_STRIDE = 1_000_003
 _DIGITS_TRAIN_FRACTION = 0.8
-_CUTOUT_FRACTION = 0.5
-
-
-class DatasetUnavailableError(ValueError):
-    """Raised by `load` when a TFDS dataset is not prepared in `data_dir`."""
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -151,6 +133,7 @@ def load(
     *,
     training,
     data_dir=None,
+    download=False,
     seed=0,
     num_replicas=1,
     augment="standard",
@@ -182,14 +165,18 @@ def load(
             augment) or an evaluation one.
         data_dir: Directory of the prepared TFDS datasets; `None` uses TFDS's
             default. Ignored by the offline datasets. Defaults to `None`.
+        download: Whether to download and prepare a TFDS dataset that is
+            not prepared in `data_dir` (once: concurrent callers wait for
+            the one that prepares; see `tfds_data`). Ignored by the offline
+            datasets. Defaults to `False`.
         seed: Seed of the shuffling and the augmentation, an integer >= 0.
             Defaults to `0`.
         num_replicas: Number of replicas the global batch is split across.
             Defaults to `1`.
         augment: `"none"`, `"standard"`, `"cutout"` or `"randaugment"` (see
-            the module docstring); used only when `training=True`. Cutout and
-            RandAugment need keras-cv and image datasets. Defaults to
-            `"standard"`.
+            `keras_eigensam.experiments.augment`); used only when
+            `training=True`. Cutout and RandAugment need keras-cv and image
+            datasets. Defaults to `"standard"`.
         cache: Whether to cache the decoded examples in memory (before
             augmentation). Defaults to `True`.
         drop_remainder: Whether to drop the last partial batch. `None` drops
@@ -217,7 +204,8 @@ def load(
             images.
         TypeError: if an argument has the wrong type.
         DatasetUnavailableError: if a TFDS dataset is not prepared in
-            `data_dir` (a `ValueError`).
+            `data_dir` and `download=False`, or its download failed (a
+            `ValueError`).
         ImportError: if the optional package the dataset or augmentation
             needs is missing (install the `scripts` extra).
 
@@ -249,13 +237,14 @@ def load(
         )
     seed = validation.check_int("seed", seed, minimum=0)
     validation.check_bool("training", training)
+    validation.check_bool("download", download)
     validation.check_bool("cache", cache)
     validation.check_choice("augment", augment, AUGMENTATIONS)
     if drop_remainder is None:
         drop_remainder = training
     validation.check_bool("drop_remainder", drop_remainder)
     spec = _SPECS[name]
-    if augment in ("cutout", "randaugment") and len(spec.input_shape) != 3:
+    if augment in augment_lib.KERAS_CV and len(spec.input_shape) != 3:
         raise ValueError(
             f"`augment={augment!r}` needs an image dataset; {name!r} holds "
             f"signals of shape {spec.input_shape}. Use augment='standard' or "
@@ -263,7 +252,14 @@ def load(
         )
 
     if name in _TFDS_NAMES:
-        ds, num_examples = _read_tfds(name, split, data_dir, training, seed)
+        ds, num_examples = tfds_data.read(
+            name,
+            split,
+            data_dir=data_dir,
+            training=training,
+            seed=seed,
+            download=download,
+        )
         mean, std = spec.mean, spec.std
     else:
         arrays = _OFFLINE_LOADERS[name]()
@@ -300,7 +296,7 @@ def load(
             shuffled = examples.shuffle(
                 buffer, seed=epoch_seed, reshuffle_each_iteration=False
             )
-            batches = _augment_examples(
+            batches = augment_lib.augment_examples(
                 shuffled, spec, augment, epoch_seed, rerandomize=False
             ).batch(batch_size, drop_remainder=drop_remainder)
             return batches if steps_per_epoch is None else batches.take(steps_per_epoch)
@@ -313,9 +309,9 @@ def load(
     else:
         if training:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = _augment_examples(ds, spec, augment, seed)
+        ds = augment_lib.augment_examples(ds, spec, augment, seed)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = _augment_and_normalise_batches(ds, spec, augment, seed, mean, std)
+    ds = augment_lib.augment_and_normalise_batches(ds, spec, augment, seed, mean, std)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
@@ -323,48 +319,7 @@ def load(
 
 
 # ---------------------------------------------------------------------------
-# Reading.
-
-
-def _missing_extra(package, purpose):
-    return ImportError(
-        f"{purpose} needs `{package}`. Install the `scripts` extra: "
-        "`pip install 'keras-eigensam[scripts]'`."
-    )
-
-
-def _read_tfds(name, split, data_dir, training, seed):
-    """Undecorated `(uint8 image, int32 label)` examples and their count."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise _missing_extra("tensorflow-datasets", f"Dataset {name!r}") from e
-    builder = tfds.builder(name, data_dir=data_dir)
-    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
-    try:
-        # `as_dataset` never downloads; it asserts the data is prepared.
-        ds = builder.as_dataset(
-            split=split,
-            as_supervised=True,
-            shuffle_files=training,
-            read_config=read_config,
-        )
-    except AssertionError:
-        where = data_dir if data_dir is not None else "TFDS's default data_dir"
-        raise DatasetUnavailableError(
-            f"TFDS dataset {name!r} is not prepared in {where} and keras_eigensam "
-            f"does not download: run `tfds build {name} --data_dir=DIR` on a "
-            "machine with network access, then pass data_dir=DIR. "
-            f"Received: data_dir={data_dir!r}"
-        ) from None
-    num_examples = int(ds.cardinality())
-    if num_examples < 0:
-        num_examples = builder.info.splits[split].num_examples
-    ds = ds.map(
-        lambda image, label: (image, tf.cast(label, tf.int32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return ds, num_examples
+# The offline datasets.
 
 
 def _channel_stats(x):
@@ -383,7 +338,7 @@ def _digits_arrays():
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise _missing_extra("scikit-learn", "Dataset 'digits'") from e
+        raise install.missing_extra("scikit-learn", "Dataset 'digits'") from e
     bunch = load_digits()
     # Pixel values are integers in [0, 16].
     x = (bunch.images / 16.0).astype(np.float32)[..., np.newaxis]
@@ -403,7 +358,7 @@ def _mnist1d_arrays():
     try:
         from mnist1d import data as mnist1d_data
     except ImportError as e:
-        raise _missing_extra("mnist1d", "Dataset 'mnist1d'") from e
+        raise install.missing_extra("mnist1d", "Dataset 'mnist1d'") from e
     # `make_dataset` generates the data from templates (no network, unlike
     # `get_dataset`); it reseeds the global NumPy and `random` generators, so
     # restore them for the caller.
@@ -425,106 +380,3 @@ def _mnist1d_arrays():
 
 
 _OFFLINE_LOADERS = {"digits": _digits_arrays, "mnist1d": _mnist1d_arrays}
-
-
-# ---------------------------------------------------------------------------
-# Augmentation and normalisation.
-
-
-def _to_unit_float(image):
-    """Images in [0, 1] (uint8 ones are divided by 255), signals as they are."""
-    if image.dtype == tf.uint8:
-        return tf.cast(image, tf.float32) / 255.0
-    return tf.cast(image, tf.float32)
-
-
-def _augment_examples(ds, spec, augment, seed, rerandomize=True):
-    """Per-example conversion to float and the standard augmentation.
-
-    `rerandomize`: draw new per-example seeds at every iteration of the
-    dataset (one epoch per iteration), else the same ones (one dataset per
-    epoch, its seed the epoch's).
-    """
-    if augment == "none" or not (spec.pad or spec.flip):
-        return ds.map(
-            lambda image, label: (_to_unit_float(image), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    # One random int64 per example, different in every epoch but the same in
-    # every run: the seeds of the stateless image ops.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize)
-
-    def standard(example, example_seed):
-        image, label = example
-        image = _to_unit_float(image)
-        if spec.pad:
-            pad = spec.pad
-            image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-            image = tf.image.stateless_random_crop(
-                image, spec.input_shape, seed=tf.stack([example_seed, 0])
-            )
-        if spec.flip:
-            image = tf.image.stateless_random_flip_left_right(
-                image, seed=tf.stack([example_seed, 1])
-            )
-        return image, label
-
-    return tf.data.Dataset.zip(ds, seeds).map(
-        standard, num_parallel_calls=tf.data.AUTOTUNE
-    )
-
-
-def _keras_cv_layers():
-    try:
-        import keras_cv
-    except ImportError as e:
-        raise _missing_extra("keras-cv", "Cutout and RandAugment") from e
-    return keras_cv.layers
-
-
-def _keras_cv_seed(seed):
-    # keras-cv 0.9 layers treat a falsy seed as "no seed" and then draw from
-    # TensorFlow's global generator: never pass them 0.
-    return seed + 1
-
-
-def _augment_and_normalise_batches(ds, spec, augment, seed, mean, std):
-    mean = tf.constant(mean, tf.float32)
-    std = tf.constant(std, tf.float32)
-    before, after = None, None
-    if augment == "randaugment":
-        rand_augment = _keras_cv_layers().RandAugment(
-            value_range=(0, 1), seed=_keras_cv_seed(seed)
-        )
-        if spec.input_shape[-1] == 1:
-            # keras-cv's policy converts colours and needs RGB; every op of the
-            # policy maps grey to grey, so averaging the channels loses nothing.
-            def before(images):
-                rgb = tf.image.grayscale_to_rgb(images)
-                return tf.reduce_mean(rand_augment(rgb), axis=-1, keepdims=True)
-
-        else:
-            before = rand_augment
-    elif augment == "cutout":
-        after = _keras_cv_layers().RandomCutout(
-            # A (min, max) pair: a fixed size. A single float would draw the
-            # size uniformly from [0, fraction].
-            height_factor=(_CUTOUT_FRACTION, _CUTOUT_FRACTION),
-            width_factor=(_CUTOUT_FRACTION, _CUTOUT_FRACTION),
-            fill_mode="constant",
-            fill_value=0.0,
-            seed=_keras_cv_seed(seed),
-        )
-
-    def transform(images, labels):
-        if before is not None:
-            images = before(images)
-        images = (images - mean) / std
-        if after is not None:
-            images = after(images)
-        return images, labels
-
-    # keras-cv layers draw from a stateful generator: call them in order, so
-    # that the draws (and thus the batches) do not depend on thread timing.
-    stateful = before is not None or after is not None
-    return ds.map(transform, num_parallel_calls=None if stateful else tf.data.AUTOTUNE)

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from keras_eigensam import install
+
 #: Column plotted in panel (a).
 ALIGNMENT_KEY = "eigen_alignment"
 #: Columns plotted in panel (b), the first one a run has: the probe-set
@@ -29,9 +31,8 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError(
-            "keras_eigensam.experiments.plotting needs matplotlib. Install it with the "
-            "`scripts` extra: `pip install 'keras-eigensam[scripts]'`."
+        raise install.missing_extra(
+            "matplotlib", "keras_eigensam.experiments.plotting"
         ) from e
     return Figure, FigureCanvasAgg
 

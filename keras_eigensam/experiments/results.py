@@ -156,6 +156,8 @@ def device_info(strategy):
             gpu_names.append(gpu.name)
     return {
         "strategy": type(strategy).__name__,
+        # How it was found: `strategies.describe`.
+        "strategy_found": strategies.describe(strategy),
         "num_replicas": strategy.num_replicas_in_sync,
         "num_workers": strategies.num_workers(strategy),
         "devices": strategies.replica_devices(strategy),

@@ -125,7 +125,8 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
         steps_per_second            training steps per second after the first
                                       epoch (with one epoch: including it)
         versions                    python, tensorflow, keras, numpy, keras_eigensam
-        device                      strategy, replicas, workers, devices, CPU, GPUs
+        device                      strategy (and how it was found), replicas,
+                                      workers, devices, CPU, GPUs
         config                      the resolved TrainConfig (every setting)
         metadata                    what the caller passed (the scripts: flags)
         files                       names of the files in the run directory
@@ -136,7 +137,8 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
             divisible by the number of replicas, or the run directory holds
             a run with other settings).
         keras_eigensam.experiments.data.DatasetUnavailableError: if a TFDS
-            dataset is not prepared in `config.data_dir`.
+            dataset is not prepared in `config.data_dir` and
+            `config.download` is `False`, or its download failed.
         ImportError: if `tensorboard` is not installed.
 
     Example:
@@ -248,6 +250,7 @@ def run(config, *, strategy=None, callbacks=(), metadata=None):
         ]
         if config.verbose:
             resumed = f", resuming after epoch {initial_epoch}" if initial_epoch else ""
+            print(f"Strategy: {strategies.describe(strategy)}", flush=True)
             print(
                 f"Run {name}: {config.method} on {config.dataset} with {config.model} "
                 f"({net.count_params():,} parameters), {num_replicas} replica(s) "
@@ -393,6 +396,7 @@ def _datasets(config, strategy, *, training, initial_epoch=0):
             config.batch_size,
             training=training,
             data_dir=config.data_dir,
+            download=config.download,
             seed=config.seed,
             num_replicas=strategy.num_replicas_in_sync,
             augment=config.augment,

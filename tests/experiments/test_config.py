@@ -90,9 +90,10 @@ def test_curvature_makes_sam_track_the_eigenvector():
         (dict(dataset="imagenet"), "`dataset` must be one of"),
         (dict(batch_size=0), "`batch_size` must be an integer >= 1"),
         (dict(epochs=2, warmup_epochs=3), "`warmup_epochs` must not exceed `epochs`"),
-        (dict(strategy="tpu"), "strategy='tpu' needs the TPU's address"),
+        (dict(strategy="tpu", tpu=""), "`tpu` must be the TPU's address"),
         (dict(jit_compile="yes"), "`jit_compile` must be True, False or None"),
         (dict(curvature=1), "`curvature` must be a bool"),
+        (dict(download="yes"), "`download` must be a bool. Received: download='yes'"),
     ],
 )
 def test_invalid_settings_raise_config_error(kwargs, message):
@@ -151,7 +152,7 @@ def test_different_method_args_never_share_a_run_directory():
 
 def test_settings_exclude_what_does_not_change_the_run():
     a = TrainConfig(strategy="mirrored", steps_per_execution=4, verbose=0)
-    b = TrainConfig(output_dir="elsewhere", jit_compile=False)
+    b = TrainConfig(output_dir="elsewhere", jit_compile=False, download=True)
     assert a.settings() == b.settings()
     assert TrainConfig(seed=1).settings() != b.settings()
     assert TrainConfig(method_args={"rho": 0.1}).settings() != b.settings()

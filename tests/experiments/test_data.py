@@ -262,5 +262,6 @@ def test_unprepared_tfds_dataset_raises_quickly(tmp_path, no_network):
     assert time.monotonic() - start < 10
     assert isinstance(e.value, ValueError)
     assert str(tmp_path) in str(e.value)
+    assert "download=True (scripts: --download)" in str(e.value)
     assert "\n" not in str(e.value)
     assert e.value.__cause__ is None and e.value.__suppress_context__

@@ -7,6 +7,7 @@ import os
 
 import keras
 import pytest
+import tensorflow as tf
 
 import keras_eigensam as ks
 from keras_eigensam.experiments import results as results_lib
@@ -102,6 +103,8 @@ def test_run_writes_the_run_directory_and_reuses_a_finished_run(tmp_path):
     assert results["method_config"] is None
     assert results["versions"]["keras_eigensam"] == ks.__version__
     assert results["device"]["num_replicas"] == 1
+    # How strategy="auto" chose: no TPU here, so one device.
+    assert results["device"]["strategy_found"].startswith("no TPU ('local' (TPU VM)")
 
     # Finished: the stored results come back, nothing is trained.
     again = runner.run(config)
@@ -145,3 +148,21 @@ def test_run_restores_the_global_dtype_policy(tmp_path):
         )
     )
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_run_passes_data_dir_and_download_to_the_data(tmp_path, monkeypatch):
+    calls = []
+
+    class Loaded(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        calls.append(kwargs)
+        raise Loaded
+
+    monkeypatch.setattr(runner.data, "load", load)
+    config = tiny(tmp_path, dataset="cifar10", data_dir="/data", download=True)
+    with pytest.raises(Loaded):
+        runner.run(config, strategy=tf.distribute.get_strategy())
+    assert (calls[0]["data_dir"], calls[0]["download"]) == ("/data", True)
+    assert not os.path.exists(tmp_path / run_name(config))
