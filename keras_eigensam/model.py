@@ -61,6 +61,21 @@ class SharpnessAwareModel(keras.Model):
     statistic or method state changes, for every optimizer; with a
     `LossScaleOptimizer` the loss scale is lowered as usual.
 
+    Under gradient accumulation (an optimizer with
+    `gradient_accumulation_steps=n`) each micro-batch is a step of its own at
+    the window's weights, its own first pass, perturbation and descent
+    gradient (per-micro-batch m-sharpness, as replicas are under
+    `perturbation_scope="replica"`); the optimizer averages the window's `n`
+    descent gradients and applies them once, and `iterations` (the `step`
+    that schedules such as the eigenvector refresh key on) counts optimizer
+    steps. The eigenvector is refreshed once per due step, on the window's
+    first micro-batch. A non-finite micro-batch is skipped as above and
+    counted in `skipped_steps` (which counts micro-batches); it does not
+    reach the accumulator, and the window completes with the next finite
+    micro-batches, so every update averages `n` finite ones. Methods whose
+    update is not such a mean (X-SAM, FriendlySAM, WSAM's decoupled form)
+    and strategies that synchronise with `merge_call` refuse accumulation.
+
     Use it in either of two ways:
 
     1. Wrap an existing model (Sequential, functional or subclassed):
@@ -328,6 +343,19 @@ class SharpnessAwareModel(keras.Model):
                 "larger batch"
                 + (", or `WSAM(decouple=False)`" if isinstance(self.method, WSAM) else "")
                 + " instead."
+            )
+        if accumulation and accumulation > 1 and distribute.uses_merge_call():
+            # Keras's accumulation branches on the update step around the
+            # optimizer's cross-replica update, which TensorFlow cannot build
+            # there (a plain Keras model fails the same way, with "`merge_call`
+            # called while defining a new graph").
+            raise ValueError(
+                "Gradient accumulation is not supported under this strategy "
+                "and device set-up (a strategy that synchronises replicas "
+                "with `merge_call`, such as MirroredStrategy on CPUs): Keras's "
+                "accumulation cannot be built there. Received: an optimizer "
+                f"with gradient_accumulation_steps={accumulation}; use a "
+                "larger global batch instead."
             )
 
     def _move_average_by(self, variables, deltas, finite):

@@ -20,6 +20,8 @@ from the one big-batch step per window, so that per-micro-batch perturbation
 is what is checked.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -102,19 +104,20 @@ def _all_finite(variables):
     return all(np.isfinite(np.array(v)).all() for v in variables)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_accumulated_steps_match_oracle_and_skip_non_finite_micro_batches(name):
-    make, oracle = CASES[name]
-    x, y, problems = _micro_batches()
-    model = ks.SharpnessAwareModel(tiny.mlp(), method=make())
-    optimizer = keras.optimizers.SGD(
-        LR, momentum=MOMENTUM, gradient_accumulation_steps=ACCUMULATION
-    )
-    model.compile(optimizer=optimizer, loss="mse")
+def _fit(method, x, y, loss_scale=False, strategy=None, callbacks=()):
+    """Compiles and fits on the six micro-batches; checks what every run
+    promises and returns the model and its initial weights."""
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=method)
+        optimizer = keras.optimizers.SGD(
+            LR, momentum=MOMENTUM, gradient_accumulation_steps=ACCUMULATION
+        )
+        if loss_scale:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(optimizer=optimizer, loss="mse")
     w0 = tiny.weights_of(model)
-    record = _Record() if model.method.tracker is not None else None
     history = model.fit(x, y, batch_size=MICRO, epochs=1, shuffle=False, verbose=0,
-                        callbacks=[record] if record else [])
+                        callbacks=list(callbacks))
 
     # Optimizer steps, not micro-batches; both bad ones counted.
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 2
@@ -123,8 +126,19 @@ def test_accumulated_steps_match_oracle_and_skip_non_finite_micro_batches(name):
     # No NaN reached the weights, the slots, the accumulators or the method's
     # state, and the last window left the accumulators empty.
     assert _all_finite(model.variables) and _all_finite(optimizer.variables)
-    for accumulator in optimizer._accumulated_gradients:
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    for accumulator in inner._accumulated_gradients:
         np.testing.assert_array_equal(np.array(accumulator), 0.0)
+    return model, w0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_accumulated_steps_match_oracle_and_skip_non_finite_micro_batches(name):
+    make, oracle = CASES[name]
+    x, y, problems = _micro_batches()
+    method = make()
+    record = _Record() if method.tracker is not None else None
+    model, w0 = _fit(method, x, y, callbacks=[record] if record else [])
 
     if name == "eigensam":
         vectors = _check_refresh_once_per_optimizer_step(record, problems, w0)
@@ -173,3 +187,26 @@ def _check_refresh_once_per_optimizer_step(record, problems, w0):
                                                   problems[2 * t + 1].y))
         assert abs(ref.flatten(v) @ other[:, -1]) < 0.99
     return used
+
+
+def test_sam_under_loss_scaling():
+    """The other skip path: a `LossScaleOptimizer` skips a non-finite
+    micro-batch (and halves its scale) itself."""
+    x, y, problems = _micro_batches()
+    model, w0 = _fit(ks.SAM(rho=0.3), x, y, loss_scale=True)
+    assert float(model.optimizer.dynamic_scale) == 2.0**15 / 4  # halved twice
+    expected = fam.run_accumulated(fam.SAM(0.3), problems, w0, ACCUMULATION,
+                                   fam.SGD(MOMENTUM), LR)
+    tiny.assert_weights_close(tiny.weights_of(model), expected)
+
+
+def test_strategy_with_merge_call_is_refused(mirrored_strategy):
+    """Keras cannot build its accumulation under MirroredStrategy on CPUs (a
+    plain Keras model fails with an obscure `merge_call` error): refused."""
+    x, y = tiny.data(n=8)
+    with mirrored_strategy.scope():
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM())
+        model.compile(optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=2),
+                      loss="mse")
+    with pytest.raises(ValueError, match=r"merge_call.*gradient_accumulation_steps=2"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
