@@ -17,6 +17,7 @@ from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
 from keras_eigensam.methods.context import inner_optimizer
 from keras_eigensam.methods.sam import SAM
+from keras_eigensam.methods.wsam import WSAM
 
 PERTURBATION_SCOPES = ("replica", "global")
 
@@ -59,6 +60,21 @@ class SharpnessAwareModel(keras.Model):
     not finite on any replica is skipped: no weight, slot, iteration,
     statistic or method state changes, for every optimizer; with a
     `LossScaleOptimizer` the loss scale is lowered as usual.
+
+    Under gradient accumulation (an optimizer with
+    `gradient_accumulation_steps=n`) each micro-batch is a step of its own at
+    the window's weights, its own first pass, perturbation and descent
+    gradient (per-micro-batch m-sharpness, as replicas are under
+    `perturbation_scope="replica"`); the optimizer averages the window's `n`
+    descent gradients and applies them once, and `iterations` (the `step`
+    that schedules such as the eigenvector refresh key on) counts optimizer
+    steps. The eigenvector is refreshed once per due step, on the window's
+    first micro-batch. A non-finite micro-batch is skipped as above and
+    counted in `skipped_steps` (which counts micro-batches); it does not
+    reach the accumulator, and the window completes with the next finite
+    micro-batches, so every update averages `n` finite ones. Methods whose
+    update is not such a mean (X-SAM, FriendlySAM, WSAM's decoupled form)
+    and strategies that synchronise with `merge_call` refuse accumulation.
 
     Use it in either of two ways:
 
@@ -317,12 +333,29 @@ class SharpnessAwareModel(keras.Model):
             and not self.method.supports_gradient_accumulation
         ):
             raise ValueError(
-                f"{type(self.method).__name__}'s descent rule is not linear in "
-                "the gradient, so with gradient accumulation it would be "
-                "applied per micro-batch instead of to the averaged gradient. "
-                "Received: an optimizer with "
-                f"gradient_accumulation_steps={accumulation}; use a larger "
-                "batch instead."
+                f"{type(self.method).__name__} does not support gradient "
+                "accumulation: its update is not the mean of per-micro-batch "
+                "descent gradients (it normalises the averaged gradient, "
+                "advances per-step state, or moves the weights outside the "
+                "optimizer), so accumulating would apply it once per "
+                "micro-batch, a different method. Received: an optimizer "
+                f"with gradient_accumulation_steps={accumulation}; use a "
+                "larger batch"
+                + (", or `WSAM(decouple=False)`" if isinstance(self.method, WSAM) else "")
+                + " instead."
+            )
+        if accumulation and accumulation > 1 and distribute.uses_merge_call():
+            # Keras's accumulation branches on the update step around the
+            # optimizer's cross-replica update, which TensorFlow cannot build
+            # there (a plain Keras model fails the same way, with "`merge_call`
+            # called while defining a new graph").
+            raise ValueError(
+                "Gradient accumulation is not supported under this strategy "
+                "and device set-up (a strategy that synchronises replicas "
+                "with `merge_call`, such as MirroredStrategy on CPUs): Keras's "
+                "accumulation cannot be built there. Received: an optimizer "
+                f"with gradient_accumulation_steps={accumulation}; use a "
+                "larger global batch instead."
             )
 
     def _move_average_by(self, variables, deltas, finite):
@@ -409,7 +442,7 @@ class SharpnessAwareModel(keras.Model):
 
         context = StepContext(
             step=self.optimizer.iterations,
-            first_micro_batch=_first_micro_batch(self.optimizer),
+            micro_batch=_micro_batch(self.optimizer),
             loss=None,
             variables=variables,
             weights=weights,
@@ -631,14 +664,16 @@ def _scaled(xs, factor):
     return linalg.scale(xs, factor)
 
 
-def _first_micro_batch(optimizer):
-    """Whether this batch opens an optimizer step (always, without
-    gradient accumulation; the first of its micro-batches, with it)."""
+def _micro_batch(optimizer):
+    """This batch's position in its optimizer step's window: `0` without
+    gradient accumulation; with it, the number of micro-batches the
+    optimizer has accumulated since its last update (skipped batches never
+    reach the optimizer, so they are not counted)."""
     inner = inner_optimizer(optimizer)
     steps = getattr(inner, "gradient_accumulation_steps", None)
     if not steps:
-        return True
-    return ops.equal(ops.mod(inner._iterations, steps), 0)
+        return 0
+    return ops.mod(inner._iterations, steps)
 
 
 class _FitChecks(keras.callbacks.Callback):

@@ -18,7 +18,8 @@ Conventions
 * An *optimizer* applies a descent direction `d` with a learning rate:
   `SGD` (Keras: `m ← μm − lr·d; w ← w + m`) and `Adam` (Keras 3's update).
 * A *method* is an object with `step(w, t, lr, problem, opt) -> w`, where `t`
-  is `optimizer.iterations` before the step. `run(...)` drives it.
+  is `optimizer.iterations` before the step. `run(...)` drives it, one batch
+  per step; `run_accumulated(...)` drives it under gradient accumulation.
 * `mask` (SAM-ON, `perturbed_variables`): one bool per variable or `None`
   (all). The perturbation rule sees the gradient restricted to the selected
   variables (zeros elsewhere, norms over them only) and the perturbation is
@@ -217,6 +218,44 @@ def run(method, problem, w0, steps, opt=None, lr=0.1):
     return w
 
 
+def run_accumulated(method, problems, w0, accumulation, opt=None, lr=0.1):
+    """`gradient_accumulation_steps=accumulation` over the micro-batch
+    `problems`, in order (the finite ones: a skipped micro-batch is left out
+    by the caller). Per-micro-batch m-sharpness: each micro-batch of a window
+    takes `method`'s step on its own at the window's weights (so `t`, the
+    optimizer step, and the optimizer's momentum are the same for all of
+    them), its descent direction is kept instead of applied, and the mean of
+    the window's directions is applied once; an incomplete last window is not
+    applied. `lr` is a number or `lr(t)`."""
+    opt = SGD() if opt is None else opt
+    lr_at = lr if callable(lr) else constant(lr)
+    w = [np.array(x, dtype=np.float64) for x in w0]
+    for t in range(len(problems) // accumulation):
+        window = _Collect(opt)
+        for problem in problems[t * accumulation : (t + 1) * accumulation]:
+            unchanged = method.step(w, t, lr_at(t), problem, window)
+            assert unchanged is w, "the method moved the weights outside the optimizer"
+        mean = scale([sum(parts) for parts in zip(*window.directions)], 1.0 / accumulation)
+        w = opt.apply(w, mean, lr_at(t))
+    return w
+
+
+class _Collect:
+    """Stands in for `opt` inside a window: keeps each micro-batch's descent
+    direction and leaves the weights (and `opt`'s state) alone."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.directions = []
+
+    def apply(self, w, d, lr):
+        self.directions.append(d)
+        return w
+
+    def uphill_momentum(self, like):
+        return self.opt.uphill_momentum(like)
+
+
 # ------------------------------------------------------------ methods
 
 
@@ -253,6 +292,32 @@ class SAM:
     def step(self, w, t, lr, problem, opt):
         g = problem.grad(w)
         return opt.apply(w, self.descent(w, g, t, lr, problem), lr)
+
+
+class ASAM(SAM):
+    """ASAM (Kwon et al., 2021): `T = |w| + η`, `e = ρ·T²g/‖Tg‖` (no mask,
+    no interval); descent `g_s = ∇L(w + e)`."""
+
+    def __init__(self, rho, eta):
+        super().__init__(rho)
+        self.eta = eta
+
+    def perturbed_grad(self, w, g, t, lr, problem):
+        return problem.grad(add(w, ref.asam_perturbation(g, w, self.rho, self.eta)))
+
+
+class EigenSAM(SAM):
+    """Eigen-SAM (Luo et al., 2024) with given unit eigenvectors:
+    `e = ρ·(ĝ + α·sign(<g, v>)·(v − <ĝ, v>ĝ))`, `v = vectors[t]` (a list of
+    arrays, or a callable `t -> list`)."""
+
+    def __init__(self, rho, alpha, vectors, **kwargs):
+        super().__init__(rho, **kwargs)
+        self.alpha, self.vectors = alpha, vectors
+
+    def perturbation(self, g_sel, t, lr):
+        v = self.vectors(t) if callable(self.vectors) else self.vectors[t]
+        return ref.eigen_sam_perturbation(g_sel, None, v, self.rho, self.alpha)
 
 
 class GSAM(SAM):
@@ -345,12 +410,15 @@ class LookSAM:
 
     Steps `t % k == 0`: SAM (`e = ρ·ĝ`, descent `g_s`) and store
     `g_v = g_s − ‖g_s‖·cos(g, g_s)·ĝ`. Other steps, one pass:
-    `d = g + α·(‖g‖/(‖g_v‖+1e-12))·g_v`.
+    `d = g + α·(‖g‖/(‖g_v‖+1e-12))·g_v`. Several calls at the same `t` (the
+    micro-batches of one optimizer step, `run_accumulated`) store the mean
+    of their `g_v`.
     """
 
     def __init__(self, rho, k, alpha, mask=None):
         self.rho, self.k, self.alpha, self.mask = rho, k, alpha, mask
         self.g_v = None
+        self._g_vs = (None, [])  # (t, the g_v computed at t)
         self.passes = 0  # forward-backward passes taken, for the tests
 
     def step(self, w, t, lr, problem, opt):
@@ -362,7 +430,12 @@ class LookSAM:
             g_s = problem.grad(add(w, e))
             self.passes += 1
             cos = dot(g, g_s) / ((norm(g) + EPS) * (norm(g_s) + EPS))
-            self.g_v = add(g_s, unit(g), -norm(g_s) * cos)
+            g_v = add(g_s, unit(g), -norm(g_s) * cos)
+            if self._g_vs[0] != t:
+                self._g_vs = (t, [])
+            self._g_vs[1].append(g_v)
+            self.g_v = scale([sum(parts) for parts in zip(*self._g_vs[1])],
+                             1.0 / len(self._g_vs[1]))
             d = g_s
         else:
             d = add(g, self.g_v, self.alpha * norm(g) / (norm(self.g_v) + EPS))

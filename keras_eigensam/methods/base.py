@@ -90,10 +90,12 @@ class SharpnessMethod(keras.layers.Layer):
     requires_tracker = False
     #: The tracker's `refresh_every` when the method builds it.
     default_refresh_every = 100
-    #: Whether the rule is right under `gradient_accumulation_steps > 1`
-    #: (each micro-batch perturbed with its own gradient, the descent
-    #: gradients averaged): false for rules that are not linear in the
-    #: descent gradient, which would be applied per micro-batch.
+    #: Whether the rule is right under `gradient_accumulation_steps > 1`,
+    #: where each micro-batch takes the method's step at the window's
+    #: weights and the optimizer averages their descent gradients: false for
+    #: updates that are not such a mean (a normalisation of the averaged
+    #: gradient, per-step state that would advance per micro-batch, a
+    #: decoupled update outside the optimizer), which are refused.
     supports_gradient_accumulation = True
     #: Whether the `interval` option applies (methods with their own
     #: schedule of passes, or a single pass, refuse it).

@@ -24,10 +24,16 @@ class StepContext:
             optimizer steps, not micro-batches). Schedules key on it, so
             they survive `steps_per_execution > 1`, restarts and
             `BackupAndRestore`.
+        micro_batch: The position of this batch in its optimizer step's
+            window under gradient accumulation (an integer scalar tensor,
+            `0` to `gradient_accumulation_steps − 1`, counting applied
+            micro-batches only: a skipped one does not advance it), or the
+            Python int `0` without accumulation.
         first_micro_batch: Whether this batch is the first of its optimizer
-            step (`True`, or a boolean tensor under gradient accumulation,
-            where `step` repeats for each micro-batch): once-per-step work
-            such as an eigenvector refresh keys on it.
+            step (`micro_batch == 0`: `True`, or a boolean tensor under
+            gradient accumulation, where `step` repeats for each
+            micro-batch): once-per-step work such as an eigenvector refresh
+            keys on it.
         loss: The first-pass mean loss of this replica's batch, at true scale
             (a float32 scalar tensor).
         variables: The model's trainable variables.
@@ -57,7 +63,7 @@ class StepContext:
         *,
         step,
         loss,
-        first_micro_batch=True,
+        micro_batch=0,
         variables,
         weights,
         grads,
@@ -71,7 +77,11 @@ class StepContext:
         example_losses=None,
     ):
         self.step = step
-        self.first_micro_batch = first_micro_batch
+        self.micro_batch = micro_batch
+        self.first_micro_batch = (
+            True if isinstance(micro_batch, int) and micro_batch == 0
+            else ops.equal(micro_batch, 0)
+        )
         self.loss = loss
         self.variables = variables
         self.weights = weights

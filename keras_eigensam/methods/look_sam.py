@@ -41,8 +41,10 @@ class LookSAM(SharpnessMethod):
     state (saved, mirrored, untouched by a skipped step). Under
     `perturbation_scope="replica"` each replica computes its own `g_v` on
     SAM steps and the stored one is their average. Under gradient
-    accumulation every micro-batch of a SAM step stores `g_v` and the last
-    one is kept.
+    accumulation each micro-batch is a step of its own at the window's
+    weights (its own `g`, and on SAM steps its own `e` and `g_v`), the
+    descent directions are averaged by the optimizer, and the stored `g_v`
+    is the mean of the window's micro-batches' (as it is of replicas').
 
     `(k + 1)/k` passes per step on average (1.2 at `k=5`). `k=1` is SAM.
 
@@ -85,16 +87,26 @@ class LookSAM(SharpnessMethod):
 
     def descent(self, context):
         stored = [v.value for v in self.direction]
+
+        def stored_direction(perturbed):
+            direction = look_sam_direction(context.grads, perturbed)
+            if isinstance(context.micro_batch, int):
+                return direction
+            # Gradient accumulation: the running mean over the window's
+            # micro-batches (`stored` holds the mean of the previous ones).
+            j = ops.cast(context.micro_batch, direction[0].dtype)
+            return [(j * s + d) / (j + 1.0) for s, d in zip(stored, direction)]
+
         if self.k == 1:
             perturbed = context.gradient_at(self.step_perturbation(context))
-            new_direction = look_sam_direction(context.grads, perturbed)
+            new_direction = stored_direction(perturbed)
             descent = perturbed
         else:
             perturbation = self.step_perturbation(context)
 
             def sam_step():
                 perturbed = context.gradient_at(perturbation)
-                return perturbed, look_sam_direction(context.grads, perturbed)
+                return perturbed, stored_direction(perturbed)
 
             def reuse_step():
                 return look_sam_descent(context.grads, stored, self.alpha), stored

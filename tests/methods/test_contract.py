@@ -429,23 +429,20 @@ def test_momentum_sam_without_momentum_names_the_optimizer():
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in NAMES if n in ("sam", "looksam", "esam", "momentumsam")
-             or not registry.get(n).cls.supports_gradient_accumulation
-             or n == "wsam"],
+    "name", [n for n in NAMES if not registry.create(n).supports_gradient_accumulation],
 )
-def test_gradient_accumulation_trains_or_is_refused(name):
+def test_gradient_accumulation_is_refused(name):
+    """Methods whose update is not a mean of per-micro-batch descents refuse
+    accumulation; the others are checked against NumPy oracles under it in
+    `test_gradient_accumulation.py`."""
     x, y = tiny.data(n=32)
-    method = _method(name)
-    model = ks.SharpnessAwareModel(tiny.mlp(), method=method)
+    model = ks.SharpnessAwareModel(tiny.mlp(), method=_method(name))
     model.compile(
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9, gradient_accumulation_steps=2),
         loss="mse",
     )
-    if not method.supports_gradient_accumulation:
-        with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2"):
-            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-        return
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    assert int(model.optimizer.iterations) == 2  # optimizer steps, not batches
-    assert all(np.isfinite(w).all() for w in tiny.weights_of(model))
+    with pytest.raises(
+        ValueError, match=rf"{type(model.method).__name__} does not support gradient "
+        r"accumulation.*gradient_accumulation_steps=2"
+    ):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
