@@ -50,8 +50,10 @@ What is measured, and how:
 Presets (`--config`; any flag given overrides the preset):
 
 - `digits` (default): offline `digits` (8×8×1, 1,437 train / 360 test),
-  `small_cnn` (3 convolutions, 25,866 parameters, no BatchNorm), batch 64,
-  SGD momentum 0.9, lr 0.1 cosine, coupled L2 5e-4, no augmentation, ρ 0.05,
+  `small_cnn` (3 convolutions, 25,866 parameters, no BatchNorm), 15 epochs,
+  batch 64, SGD momentum 0.9, lr 0.05 cosine (at 0.1, in single 15-epoch
+  trials, SGD reached 89 % but SAM 47 % and Eigen-SAM stayed at 10 %; at
+  0.05 Eigen-SAM reached 91 %), coupled L2 5e-4, no augmentation, ρ 0.05,
   α 0.2, Eigen-SAM refresh every 10 steps (22 steps per epoch: about two
   refreshes per epoch, as the paper's k = 100 gives on CIFAR at batch
   256), SAM's tracker refreshed every step, seeds 0–4. `small_cnn` rather
@@ -105,8 +107,8 @@ PRESETS = {
         model="small_cnn",
         augment="none",
         batch_size=64,
-        epochs=20,
-        learning_rate=0.1,
+        epochs=15,
+        learning_rate=0.05,
         weight_decay=5e-4,
         rho=0.05,
         alpha=0.2,
@@ -150,7 +152,7 @@ flags.DEFINE_list(
     f"Methods, from {list(config_lib.METHODS)}.",
 )
 flags.DEFINE_list("seeds", None, "Seeds (preset: digits 0-4, CIFAR 0-2).")
-flags.DEFINE_integer("epochs", None, "Epochs per run (preset: digits 20, CIFAR 200).")
+flags.DEFINE_integer("epochs", None, "Epochs per run (preset: digits 15, CIFAR 200).")
 flags.DEFINE_integer(
     "max_steps_per_epoch", None, "Cut every epoch to this many steps (smoke tests)."
 )
