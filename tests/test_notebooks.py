@@ -36,7 +36,7 @@ SMOKE = {
         ),
     ),
     # CIFAR-10 from `tfds.testing.mock_data` (random images, no network),
-    # entered for the rest of the kernel; a small CNN, since an XLA
+    # until the next notebook's `%reset -f`; a small CNN, since an XLA
     # ResNet-18 compiles for minutes on a CPU.
     "eigensam_cifar10_tpu.ipynb": dict(
         parameters=dict(
@@ -58,6 +58,12 @@ SMOKE = {
 }
 # Shell and install lines are Colab's business.
 _SHELL = ("!", "%pip")
+
+
+def _setup():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return setup
 
 
 def _notebook(path):
@@ -111,8 +117,7 @@ def test_parameters_cell_holds_the_settings(notebook):
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
 def test_install_line_is_this_repository_with_an_existing_extra(notebook):
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
+    setup = _setup()
     url = setup["metadata"]["url"]
     extras = set(setup["options.extras_require"])
     (line,) = _install_lines(_notebook(notebook)["cells"])
@@ -124,6 +129,16 @@ def test_install_line_is_this_repository_with_an_existing_extra(notebook):
     requirements = setup["options.extras_require"][match[1]].split()
     names = {re.split(r"[\[<>=~!;]", r)[0].lower() for r in requirements}
     assert not names & {"tensorflow", "tensorflow-cpu", "tensorflow-gpu"}, names
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
+def test_readme_has_a_colab_badge(notebook):
+    repository = _setup()["metadata"]["url"].removeprefix("https://github.com/")
+    link = (
+        "(https://colab.research.google.com/assets/colab-badge.svg)]("
+        f"https://colab.research.google.com/github/{repository}/blob/main/colab/{notebook.name})"
+    )
+    assert link in (ROOT / "README.md").read_text()
 
 
 def _smoke_notebook(notebook, tmp_path):
