@@ -10,12 +10,15 @@ business is not the test's. A cell that raises fails the test
 
 import ast
 import configparser
+import dataclasses
 import json
 import pathlib
 import re
 import sys
 
 import pytest
+
+from keras_eigensam.experiments import TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
@@ -56,6 +59,22 @@ SMOKE = {
         ),
     ),
 }
+# These pass `download=` to `TrainConfig`, which branch `download` adds.
+# TODO: drop the skip once main has it (the coordinator merges it).
+_NEEDS_DOWNLOAD = ("sam_vs_eigensam.ipynb", "eigensam_cifar10_tpu.ipynb")
+_HAS_DOWNLOAD = "download" in {f.name for f in dataclasses.fields(TrainConfig)}
+RUNS = [
+    pytest.param(
+        n,
+        id=n.name,
+        marks=pytest.mark.skipif(
+            n.name in _NEEDS_DOWNLOAD and not _HAS_DOWNLOAD,
+            reason="needs TrainConfig(download=...) and data.load(download=...) "
+            "from branch `download`, not yet merged into main",
+        ),
+    )
+    for n in NOTEBOOKS
+]
 # Shell and install lines are Colab's business.
 _SHELL = ("!", "%pip")
 
@@ -188,7 +207,7 @@ def kernel():
         km.shutdown_kernel(now=True)
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
+@pytest.mark.parametrize("notebook", RUNS)
 def test_notebook_runs(notebook, tmp_path, kernel):
     import nbclient
 
