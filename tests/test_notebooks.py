@@ -10,7 +10,6 @@ business is not the test's. A cell that raises fails the test
 
 import ast
 import configparser
-import dataclasses
 import json
 import pathlib
 import re
@@ -18,7 +17,6 @@ import sys
 
 import pytest
 
-from keras_eigensam import experiments
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
@@ -59,24 +57,7 @@ SMOKE = {
         ),
     ),
 }
-# These use `download=` and `describe_strategy`, which branch `download`
-# adds. TODO: drop the skip once main has them (the coordinator merges it).
-_NEEDS_DOWNLOAD = ("sam_vs_eigensam.ipynb", "eigensam_cifar10_tpu.ipynb")
-_HAS_DOWNLOAD = "download" in {
-    f.name for f in dataclasses.fields(experiments.TrainConfig)
-} and hasattr(experiments, "describe_strategy")
-RUNS = [
-    pytest.param(
-        n,
-        id=n.name,
-        marks=pytest.mark.skipif(
-            n.name in _NEEDS_DOWNLOAD and not _HAS_DOWNLOAD,
-            reason="needs TrainConfig(download=...), data.load(download=...) and "
-            "experiments.describe_strategy from branch `download`, not yet in main",
-        ),
-    )
-    for n in NOTEBOOKS
-]
+RUNS = [pytest.param(n, id=n.name) for n in NOTEBOOKS]
 # Shell and install lines are Colab's business.
 _SHELL = ("!", "%pip")
 
