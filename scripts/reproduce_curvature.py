@@ -3,7 +3,7 @@ r"""Checks the Eigen-SAM paper's curvature claims with this library (issue #13).
     python scripts/reproduce_curvature.py                    # digits, small_cnn, 4 methods x 5 seeds
     python scripts/reproduce_curvature.py --methods=sgd,sam --seeds=0,1 --epochs=1
     python scripts/reproduce_curvature.py --config=paper_cifar10_resnet18 \
-        --data_dir=~/tensorflow_datasets                     # GPU/TPU, see below
+        --data_dir=~/tensorflow_datasets --download          # GPU/TPU, see below
 
 The claims (Luo et al., 2024, arXiv 2501.12666):
 
@@ -69,7 +69,8 @@ Presets (`--config`; any flag given overrides the preset):
   weight decay 5e-4 (the usual CIFAR value of the SAM code bases; the notes
   do not state the paper's); SAM's tracker every 10 steps (every step would
   add 5 Hessian-vector products, about 15 gradients, to every SAM step);
-  seeds 0–2. Needs CIFAR-10 prepared with TFDS in `--data_dir`. Not run
+  seeds 0–2. Reads CIFAR-10 from `--data_dir` (`--download` fetches and
+  prepares it there once). Not run
   here. Expected time, an estimate, not a measurement: 196 steps per epoch,
   39,200 steps per run. On a 2-core CPU a ResNet-18 SGD step at batch 64
   takes 4.4–6.4 s (`benchmarks/steps.md`), so about 4× that at batch 256:
@@ -170,6 +171,9 @@ flags.DEFINE_integer(
     "(SAM...) to measure their alignment; it does not change their update.",
 )
 flags.DEFINE_string("data_dir", None, "Directory of prepared TFDS datasets.")
+flags.DEFINE_bool(
+    "download", False, "Download and prepare a TFDS dataset missing from --data_dir."
+)
 flags.DEFINE_integer(
     "final_matvecs", 100, "Lanczos products of the final λ_max estimate.", lower_bound=2
 )
@@ -227,6 +231,7 @@ def make_configs(methods, settings, output_dir):
             settings["seeds"],
             method_args(method, settings),
             data_dir=FLAGS.data_dir,
+            download=FLAGS.download,
             curvature=True,
             output_dir=os.path.join(output_dir, "runs"),
             verbose=0,
