@@ -32,12 +32,16 @@ def esam_perturbation(grads, rho, beta, masks, grad_norm=None):
 
 
 def sharpest_examples(losses_before, losses_after, gamma):
-    """Indices of the `max(1, ⌊γ·N⌋)` examples whose loss rose most."""
+    """Indices of the `max(1, ⌊γ·N⌋)` examples whose loss rose most.
+
+    None for an empty batch (`N = 0`: a replica's shard of a last partial
+    batch smaller than the number of replicas)."""
     rise = losses_after - losses_before
+    size = ops.shape(rise)[0]
     count = ops.maximum(
-        ops.cast(ops.floor(gamma * ops.cast(ops.shape(rise)[0], "float32")), "int32"), 1
+        ops.cast(ops.floor(gamma * ops.cast(size, "float32")), "int32"), 1
     )
-    _, indices = ops.top_k(rise, count)
+    _, indices = ops.top_k(rise, ops.minimum(count, size))
     return indices
 
 

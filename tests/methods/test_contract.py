@@ -159,6 +159,17 @@ def test_mirrored_strategy(name, scope, mirrored_strategy):
         single.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
         tiny.fit_steps(single, x, y, 16, 2)
         _assert_all_close(tiny.weights_of(model), tiny.weights_of(single))
+    # A last batch of one example: the second replica's shard is empty. It
+    # contributes nothing, and no division by its zero examples reaches
+    # the step (the step is taken, not skipped as non-finite).
+    history = model.fit(x[:17], y[:17], batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert history.history["skipped_steps"] == [0.0]
+    assert np.isfinite(history.history["loss"]).all()
+    assert int(np.array(model.optimizer.iterations.value)) == 4
+    for variable in model.trainable_variables + model.method.variables:
+        copies = [np.array(c) for c in variable.value.values]
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+        assert np.isfinite(copies[0]).all(), variable.path
 
 
 # ------------------------------------------------------------ compilation
