@@ -1,5 +1,6 @@
 """`SharpnessAwareModel`: a `keras.Model` whose `train_step` is a SAM-family update."""
 
+import functools
 import inspect
 import warnings
 
@@ -11,11 +12,13 @@ from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import autodiff
+from keras_eigensam.backend import tracing
 from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
 from keras_eigensam.methods.context import inner_optimizer
+from keras_eigensam.methods.context import schedule_due
 from keras_eigensam.methods.sam import SAM
 from keras_eigensam.methods.wsam import WSAM
 
@@ -379,14 +382,89 @@ class SharpnessAwareModel(keras.Model):
             [a for a, _ in pairs], [d * ops.cast(weight, d.dtype) for _, d in pairs], finite
         )
 
+    def make_train_function(self, force=False):
+        """Keras's train function; under XLA, one program per phase.
+
+        With `jit_compile=True` on one device, a method whose step branches
+        on schedules (an eigenvector refresh every `refresh_every` steps,
+        LookSAM's SAM step every `k`, an `interval`) gets one XLA program
+        per combination of its `schedules()` that occurs, each with its
+        branches decided while tracing, and a graph conditional outside XLA
+        picks the program for the step: XLA on CPU runs the convolution
+        gradients inside a conditional 5–50× slower than outside one (an
+        in-step refresh of a ResNet took minutes). The step computed is the
+        same; a program is compiled the first time its phase occurs.
+        Under a `tf.distribute` strategy (where Keras turns XLA off by
+        default) the step is one program, with its conditionals inside.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        self._phase_programs = None
+        if not self._compiles_phases():
+            return super().make_train_function(force)
+        self._phase_programs = {}
+        jit_compile = self._jit_compile
+        self._jit_compile = False  # Keras's wrapper stays a graph around them
+        try:
+            return super().make_train_function(force)
+        finally:
+            self._jit_compile = jit_compile
+
+    def _phase_schedules(self):
+        """The method's schedules that vary from step to step here."""
+        accumulating = (
+            getattr(inner_optimizer(self.optimizer), "gradient_accumulation_steps", None)
+            or 1
+        ) > 1
+        return sorted(
+            (period, first and accumulating)
+            for period, first in self.method.schedules()
+            if period != 1 or (first and accumulating)
+        )
+
+    def _compiles_phases(self):
+        return (
+            bool(self.jit_compile)
+            and not self.run_eagerly
+            and self._distribute_strategy is None
+            and bool(self._phase_schedules())
+        )
+
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._prepare_step(data)
+        if getattr(self, "_phase_programs", None) is None:
+            return self._train_step(data)
+        schedules = self._phase_schedules()
+        step, micro_batch = self.optimizer.iterations, _micro_batch(self.optimizer)
+        index = 0
+        for i, schedule in enumerate(schedules):
+            due = schedule_due(step, micro_batch, *schedule)
+            index += (2**i) * ops.cast(due, "int32")
+
+        def program(bits):
+            if bits not in self._phase_programs:
+                phase = {s: bool(bits >> i & 1) for i, s in enumerate(schedules)}
+                self._phase_programs[bits] = tracing.function(
+                    functools.partial(self._train_step, phase=phase),
+                    jit_compile=True,
+                )
+            return functools.partial(self._phase_programs[bits], data)
+
+        return tracing.switch(index, [program(b) for b in range(2 ** len(schedules))])
+
+    def _prepare_step(self, data):
         if not (self._weights_exist() and self.optimizer.built):
             # Under the default strategy `fit` builds nothing before tracing
             # the first step; build here, as Keras does under a strategy.
             self._symbolic_build(data_batch=data)
         self._build_method_state()
         self._check_compiled_setup()
+
+    def _train_step(self, data, phase=None):
+        """One step; `phase` fixes the method's schedules (see
+        `make_train_function`)."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._prepare_step(data)
         num_replicas = distribute.num_replicas_in_sync()
         variables = self.trainable_variables
         state_variables = self._state_variables()
@@ -455,6 +533,7 @@ class SharpnessAwareModel(keras.Model):
             all_reduce_mean=distribute.all_reduce_mean,
             cond=ops.cond,
             example_losses=example_losses,
+            phase=phase,
         )
         first_perturbation = self.method.first_pass_perturbation(context)
         context.first_pass_perturbation = first_perturbation

@@ -51,6 +51,9 @@ def uses_merge_call():
 def replica_cond(pred, fn, args=(), default=None):
     """`fn(*args)` on every replica iff `pred`, else `default`, in replica context.
 
+    `pred` is a boolean scalar tensor, or a Python bool known while tracing
+    (then no conditional is built).
+
     `pred` must be identical on every replica (see `all_replicas_true`), and
     `fn` may contain collectives (`all_reduce_*`, an optimizer update) and
     variable writes. Per-replica tensors must be passed through `args`, not
@@ -66,6 +69,11 @@ def replica_cond(pred, fn, args=(), default=None):
     (computed from all-reduced values), as an eigenvector estimate is.
     """
 
+    if isinstance(pred, bool):  # known while tracing: no conditional
+        if not pred:
+            return default
+        result = fn(*args)
+        return None if default is None else result
     if not uses_merge_call():
         if default is None:
             tf.cond(pred, lambda: _no_output(fn(*args)), lambda: None)

@@ -10,3 +10,9 @@ def function(fn, jit_compile=False):
     keyed on the Python function, and a fresh one is expected to trace.
     """
     return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def switch(index, branches):
+    """`branches[index]()` for an integer scalar tensor `index`: a graph
+    conditional that runs only the branch taken."""
+    return tf.switch_case(tf.cast(index, tf.int32), branches)

@@ -227,10 +227,26 @@ class SharpnessMethod(keras.layers.Layer):
 
     def second_pass_due(self, context):
         """Whether this step takes the second pass (`interval`): a boolean
-        scalar tensor, or `True`."""
-        if self.interval == 1:
-            return True
-        return ops.equal(ops.mod(context.step, self.interval), 0)
+        scalar tensor, or a Python bool (see `StepContext.on_schedule`)."""
+        return context.on_schedule(self.interval)
+
+    def schedules(self):
+        """The schedules this method's step branches on, as
+        `(period, first_micro_batch)` pairs of `StepContext.on_schedule`.
+
+        Under XLA the model compiles one program per combination of them
+        that occurs (a schedule with period 1 is always due and adds none),
+        so the program has no conditional around a pass: XLA on CPU runs the
+        convolutions of a conditional branch 5–50× slower. A method that
+        branches on its own period adds it here; an undeclared schedule is
+        still right, only a graph conditional.
+        """
+        found = set()
+        if self.interval != 1:
+            found.add((self.interval, False))
+        if self.tracker is not None:
+            found.update(self.tracker.schedules())
+        return found
 
     def step_perturbation(self, context):
         """`perturbation(context)`, computed once per step (memoised), with

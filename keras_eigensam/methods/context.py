@@ -75,6 +75,7 @@ class StepContext:
         all_reduce_mean,
         cond,
         example_losses=None,
+        phase=None,
     ):
         self.step = step
         self.micro_batch = micro_batch
@@ -94,6 +95,9 @@ class StepContext:
         self._all_reduce_mean = all_reduce_mean
         self._cond = cond
         self._example_losses = example_losses
+        # `{(period, first_micro_batch): bool}` when the step is compiled for
+        # one phase of the method's schedules (see `on_schedule`).
+        self._phase = dict(phase or {})
         self.first_pass_perturbation = None
         self._memo = {}
         # Shared with `restricted` views: the branch depth, the staged
@@ -134,6 +138,25 @@ class StepContext:
     def grad_norm(self):
         """`‖grads‖`, computed once per step (most rules need it)."""
         return self.memo("grad_norm", lambda: linalg.global_norm(self.grads))
+
+    def on_schedule(self, period, first_micro_batch=False):
+        """Whether this step is on a schedule of period `period`.
+
+        `step % period == 0`, and with `first_micro_batch=True` also the
+        first micro-batch of its optimizer step (once-per-step work under
+        gradient accumulation). A boolean scalar tensor, or a Python bool
+        when it is known while tracing: `period == 1`, or a step compiled
+        for one phase of the method's `schedules()` (the XLA path compiles
+        one program per phase, so no conditional is left inside it). Use it
+        as the predicate of `cond` and `with_hessian`, and declare each
+        schedule asked for in `SharpnessMethod.schedules`.
+        """
+        # Without gradient accumulation every batch is the first of its step.
+        accumulating = not isinstance(self.micro_batch, int)
+        key = (int(period), bool(first_micro_batch) and accumulating)
+        if key in self._phase:
+            return self._phase[key]
+        return schedule_due(self.step, self.micro_batch, *key)
 
     def momentum(self):
         """The optimizer's accumulated gradient direction, or `None`.
@@ -276,7 +299,8 @@ class StepContext:
     def cond(self, pred, true_fn, false_fn):
         """`true_fn()` if the scalar boolean `pred`, else `false_fn()`.
 
-        A graph conditional (also under XLA and `steps_per_execution > 1`):
+        A Python bool `pred` picks the branch while tracing; otherwise this is
+        a graph conditional (also under XLA and `steps_per_execution > 1`):
         only the branch taken runs. Both branches return the same structure
         of tensors. Branches may call `gradient_at`, but no collective
         (`all_reduce_mean`, `with_hessian`) and no `assign`: return the new
@@ -292,6 +316,8 @@ class StepContext:
 
             return run
 
+        if isinstance(pred, bool):  # known while tracing: no conditional
+            return branch(true_fn if pred else false_fn)()
         return self._cond(pred, branch(true_fn), branch(false_fn))
 
     # ----------------------------------------------------- state and memo
@@ -323,6 +349,19 @@ class StepContext:
         if not self._branch_depth:
             self._memo[key] = value
         return value
+
+
+def schedule_due(step, micro_batch, period, first_micro_batch=False):
+    """`step % period == 0` (and `micro_batch == 0` if `first_micro_batch`):
+    a Python bool where that is known without the step (`period == 1`,
+    no gradient accumulation), else a boolean scalar tensor."""
+    due = True
+    if period != 1:
+        due = ops.equal(ops.mod(ops.cast(step, "int64"), period), 0)
+    if first_micro_batch and not isinstance(micro_batch, int):
+        first = ops.equal(micro_batch, 0)
+        due = first if due is True else ops.logical_and(due, first)
+    return due
 
 
 def inner_optimizer(optimizer):

@@ -198,10 +198,7 @@ class EigenvectorTracker:
         that this step uses (refreshed or not), also kept as
         `context.memo("eigenvector")`.
         """
-        due = ops.logical_and(
-            ops.equal(ops.mod(ops.cast(context.step, "int64"), self.refresh_every), 0),
-            context.first_micro_batch,
-        )
+        due = context.on_schedule(self.refresh_every, first_micro_batch=True)
         current = self.values()
         previous = self.eigenvalue.value
 
@@ -241,6 +238,10 @@ class EigenvectorTracker:
         context.memo("eigenvector", lambda: vector)
         context.memo("eigenvalue", lambda: eigenvalue)
         return vector
+
+    def schedules(self):
+        """The refresh schedule, as `SharpnessMethod.schedules` pairs."""
+        return {(self.refresh_every, True)}
 
     def refresh_steps(self, first_step, num_steps):
         """The optimizer steps among `first_step … first_step + num_steps − 1`

@@ -112,11 +112,17 @@ class LookSAM(SharpnessMethod):
                 return look_sam_descent(context.grads, stored, self.alpha), stored
 
             descent, new_direction = context.cond(
-                ops.equal(ops.mod(context.step, self.k), 0), sam_step, reuse_step
+                context.on_schedule(self.k), sam_step, reuse_step
             )
         for variable, value in zip(self.direction, new_direction):
             context.assign(variable, value)
         return descent
+
+    def schedules(self):
+        found = super().schedules()
+        if self.k != 1:
+            found.add((self.k, False))
+        return found
 
     def get_config(self):
         config = super().get_config()
