@@ -47,9 +47,9 @@ and `<output_dir>/RESULTS.md` is rebuilt from every `*.md` section there;
 `--markdown_only` rewrites the tables from the JSON.
 
     python scripts/benchmark.py --model=resnet18 --batch_size=128
-    python scripts/benchmark.py --model=resnet18 --batch_size=64 --rounds=3 \
-        --steps_per_round=1 --warmup=1 --notf_keras \
-        --xla_skip=looksam_on_step,eigensam_refresh,xsam_refresh   # 2 CPUs, ~1 h
+    python scripts/benchmark.py --model=resnet18 --batch_size=32 --rounds=2 \
+        --steps_per_round=1 --warmup=1 --methods=sgd,sam,eigensam,looksam \
+        --nomemory --notf_keras --output_name=steps_xla_phases   # 2 CPUs, ~22 min
     python scripts/benchmark.py --model=small_cnn --rounds=2 --steps_per_round=2 --xla=off
     python scripts/benchmark.py --suites=steps,hvp,eigenvector   # everything
 """
@@ -109,8 +109,7 @@ flags.DEFINE_enum(
 flags.DEFINE_list(
     "xla_skip", [],
     "Kinds of step not timed with XLA (labels as in the tables: looksam_on_step, "
-    "eigensam_refresh, ...). On CPU, XLA runs the convolution gradients of a step taken "
-    "inside a conditional (LookSAM's SAM step, a refresh) 5-50x slower than outside one.",
+    "eigensam_refresh, ...), e.g. to save their compile time.",
 )
 flags.DEFINE_boolean(
     "memory", True, "Also measure each method's peak step memory (a fresh process per method)."
@@ -663,11 +662,7 @@ def _markdown(result):
             "",
             "Not timed with XLA (`--xla_skip`): "
             + ", ".join(f"`{label}`" for label in result["xla_skip"])
-            + ", so their methods have no amortised XLA figure (–). On CPU, XLA runs the "
-            "convolution gradients of a step taken inside a conditional (LookSAM's SAM step, "
-            "an eigenvector refresh) 5-50× slower than outside one: it leaves their "
-            "convolutions in a layout its convolution library does not take and emits "
-            "naive loops for them.",
+            + ", so their methods have no amortised XLA figure (–).",
         ]
     if has_memory:
         mode = "XLA" if result["memory_xla"] else "without XLA"
