@@ -395,10 +395,24 @@ class SharpnessAwareModel(keras.Model):
         in-step refresh of a ResNet took minutes). The step computed is the
         same; a program is compiled the first time its phase occurs.
         Under a `tf.distribute` strategy (where Keras turns XLA off by
-        default) the step is one program, with its conditionals inside.
+        default) the step is one program, with its conditionals inside;
+        with several devices in one process (MirroredStrategy) XLA is
+        refused: one program cannot use variables on several devices.
         """
         if self.train_function is not None and not force:
             return self.train_function
+        devices = distribute.local_device_count(self.distribute_strategy)
+        if self.jit_compile and not self.run_eagerly and devices > 1:
+            # A plain Keras model fails there too, at its first step, with
+            # "Trying to access resource ... located in device".
+            raise ValueError(
+                "`jit_compile=True` is not supported under a strategy with "
+                "several devices in one process: one XLA program cannot use "
+                "variables placed on several devices (a known XLA limit), and "
+                "Keras's default `jit_compile=\"auto\"` turns XLA off there. "
+                f"Received: jit_compile=True with {type(self.distribute_strategy).__name__} "
+                f"over {devices} devices; compile with `jit_compile=False`."
+            )
         self._phase_programs = None
         if not self._compiles_phases():
             return super().make_train_function(force)

@@ -40,6 +40,17 @@ def all_replicas_true(flag):
     return tf.equal(all_reduce_sum(bad), 0.0)
 
 
+def local_device_count(strategy):
+    """The number of devices `strategy` places replicas on in this process
+    (1 for the default strategy)."""
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return 1
+    try:
+        return len(strategy.extended.worker_devices)
+    except (AttributeError, RuntimeError):  # no such notion: one device
+        return 1
+
+
 def uses_merge_call():
     """Whether the current strategy synchronises replicas with `merge_call`
     (MirroredStrategy on CPUs and with some GPU set-ups)."""

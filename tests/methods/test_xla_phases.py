@@ -82,3 +82,14 @@ def test_each_phase_is_one_program_without_a_pass_in_a_conditional(method):
     batch = (tf.constant(x[:4]), tf.constant(y[:4]))
     concrete = tf.function(graph.train_step).get_concrete_function(batch)
     assert _passes_inside_conditionals(concrete) != []
+
+
+def test_xla_over_several_devices_in_one_process_is_refused(mirrored_strategy):
+    # One XLA program cannot hold variables of several devices; a plain Keras
+    # model fails at its first step with an InvalidArgumentError.
+    x, y = tiny.data(n=8)
+    with mirrored_strategy.scope():
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=ks.SAM())
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", jit_compile=True)
+    with pytest.raises(ValueError, match=r"`jit_compile=True`.*MirroredStrategy over 2 devices"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
