@@ -240,6 +240,17 @@ class SharpnessAwareModel(keras.Model):
             )
         super().compile(*args, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras does not compile a loaded model whose class overrides
+        # `compile`; this `compile` only checks Keras's arguments first, so
+        # do what Keras does for its own (a subclass's `compile` still gets
+        # Keras's treatment).
+        if type(self).compile is not SharpnessAwareModel.compile:
+            return super().compile_from_config(config)
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # ------------------------------------------------------------------ build
 
     def call(self, inputs, training=None):

@@ -70,3 +70,20 @@ def check_choice(name, value, choices):
             f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
         )
     return value
+
+
+def check_seed(name, value):
+    """Returns `value` after checking it is `None` or a NumPy seed (an
+    integer >= 0)."""
+    return None if value is None else check_int(name, value, minimum=0)
+
+
+def check_callable(name, value, what):
+    """Returns `value` after checking it is callable; `what` says what it
+    should be ("a function `vectors -> H·vectors`")."""
+    if not callable(value):
+        raise TypeError(
+            f"`{name}` must be {what}. Received: {name}={value!r} "
+            f"(of type {type(value).__name__})"
+        )
+    return value

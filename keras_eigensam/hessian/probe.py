@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_eigensam import linalg
+from keras_eigensam import validation
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import replicas
 from keras_eigensam.backend import tracing
@@ -132,6 +133,20 @@ class _FunctionLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return self.fn(y_true, y_pred)
+
+
+def check_model(model):
+    """Returns `model` after checking it is a Keras model or layer.
+
+    Raises:
+        TypeError: naming `model` and its type.
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "`model` must be a Keras model or layer. Received: "
+            f"model={model!r} (of type {type(model).__name__})"
+        )
+    return model
 
 
 def resolve_loss(loss, model):
@@ -401,8 +416,8 @@ class ProbeLoss:
     """
 
     def __init__(self, model, loss, data, training=False):
-        self.model = model
-        self.training = training
+        self.model = check_model(model)
+        self.training = validation.check_bool("training", training)
         if hasattr(data, "first") and hasattr(data, "num_examples"):
             self.batches = data  # a `CurvatureData`, maybe streamed
             first = data.first()
