@@ -5,6 +5,7 @@ message tells the user what to change.
 """
 
 import numbers
+import os
 
 
 def check_number(name, value, *, minimum=None, strict=False, maximum=None):
@@ -85,5 +86,15 @@ def check_callable(name, value, what):
         raise TypeError(
             f"`{name}` must be {what}. Received: {name}={value!r} "
             f"(of type {type(value).__name__})"
+        )
+    return value
+
+
+def check_path(name, value):
+    """Returns `value` after checking it is a path (a str or `os.PathLike`)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"`{name}` must be a path (a str or os.PathLike). Received: "
+            f"{name}={value!r} (of type {type(value).__name__})"
         )
     return value
