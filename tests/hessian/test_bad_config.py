@@ -33,47 +33,48 @@ CALLABLES.update({
 })
 OPERATORS = ("HessianOperator", "GGNOperator", "EmpiricalFisherOperator")
 
+_NAMING = "test_bad_arguments_raise_naming_the_argument"
+_OPERATOR = f"hessian/test_operator.py::{_NAMING}"
+_CONSTRUCTOR = "hessian/test_operator.py::test_bad_constructor_arguments_raise_naming_the_argument"
+_HVP = "hessian/test_hvp.py::test_bad_functional_arguments_raise_naming_the_argument"
+_TRACE = f"hessian/test_trace.py::{_NAMING}"
+_LANCZOS = f"hessian/test_lanczos.py::{_NAMING}"
+_LANCZOS_WHICH = "hessian/test_lanczos.py::test_bad_which_and_tol_raise_naming_the_argument"
+
+
+def _each(name, arguments, where):
+    return {(name, argument): where for argument in arguments}
+
+
 #: `(callable, argument)` checked by another test.
 ELSEWHERE = {
-    **{
-        (op, argument): "hessian/test_operator.py::test_bad_constructor_arguments_raise_naming_the_argument"
-        for op in ("HessianOperator",)
-        for argument in ("model", "loss", "data", "training")
-    },
-    ("HessianOperator", "hvp_mode"): "hessian/test_operator.py::test_bad_constructor_arguments_raise_naming_the_argument",
-    ("CurvatureData", "batch_size"): "hessian/test_data.py::test_batch_size_with_a_dataset_raises_naming_it",
+    **_each("HessianOperator", ("model", "loss", "data", "training", "hvp_mode"), _CONSTRUCTOR),
+    ("CurvatureData", "batch_size"): (
+        "hessian/test_data.py::test_batch_size_with_a_dataset_raises_naming_it"
+    ),
     ("ProbeLoss", "loss"): "hessian/test_probe.py::test_resolve_loss",
-    ("hvp", "vectors"): "hessian/test_hvp.py::test_bad_functional_arguments_raise_naming_the_argument",
-    ("hvp", "mode"): "hessian/test_hvp.py::test_bad_functional_arguments_raise_naming_the_argument",
-    ("make_hvp", "mode"): "hessian/test_hvp.py::test_bad_functional_arguments_raise_naming_the_argument",
-    ("make_hvp", "variables"): "hessian/test_hvp.py::test_bad_functional_arguments_raise_naming_the_argument",
-    ("power_iteration", "num_matvecs"): "hessian/test_power_iteration.py::test_bad_arguments_raise_naming_the_argument",
-    ("power_iteration", "tol"): "hessian/test_power_iteration.py::test_bad_arguments_raise_naming_the_argument",
-    **{
-        ("lanczos_eigenpairs", argument): "hessian/test_lanczos.py::test_bad_arguments_raise_naming_the_argument"
-        for argument in ("k", "num_matvecs")
-    },
-    ("lanczos_eigenpairs", "which"): "hessian/test_lanczos.py::test_bad_which_and_tol_raise_naming_the_argument",
-    ("lanczos_eigenpairs", "tol"): "hessian/test_lanczos.py::test_bad_which_and_tol_raise_naming_the_argument",
-    ("hutchinson_trace", "num_matvecs"): "hessian/test_trace.py::test_bad_arguments_raise_naming_the_argument",
-    ("hutchinson_trace", "num_parameters"): "hessian/test_trace.py::test_bad_arguments_raise_naming_the_argument",
+    **_each("hvp", ("vectors", "mode"), _HVP),
+    **_each("make_hvp", ("variables", "mode"), _HVP),
+    **_each("power_iteration", ("num_matvecs", "tol"), f"hessian/test_power_iteration.py::{_NAMING}"),
+    **_each("lanczos_eigenpairs", ("k", "num_matvecs"), _LANCZOS),
+    **_each("lanczos_eigenpairs", ("which", "tol"), _LANCZOS_WHICH),
+    **_each("hutchinson_trace", ("num_matvecs", "num_parameters"), _TRACE),
     ("hutchpp_trace", "num_matvecs"): "hessian/test_trace.py::test_hutchpp_needs_three_products",
-    **{
-        ("spectral_density", argument): "hessian/test_density.py::test_bad_arguments_raise_naming_the_argument"
-        for argument in ("num_matvecs", "num_probes", "num_points", "sigma")
-    },
-    **{
-        ("sharpness", argument): "hessian/test_sharpness.py::test_bad_arguments"
-        for argument in ("rho", "measures", "num_samples", "ascent_steps", "step_size")
-    },
-    **{
-        ("CurvatureOperator.top_eigenpairs", argument): "hessian/test_operator.py::test_bad_arguments_raise_naming_the_argument"
-        for argument in ("k", "method", "num_matvecs", "tol")
-    },
-    ("CurvatureOperator.matvec", "vectors"): "hessian/test_operator.py::test_bad_arguments_raise_naming_the_argument",
-    ("CurvatureOperator.trace", "num_matvecs"): "hessian/test_operator.py::test_bad_arguments_raise_naming_the_argument",
+    **_each(
+        "spectral_density",
+        ("num_matvecs", "num_probes", "num_points", "sigma"),
+        f"hessian/test_density.py::{_NAMING}",
+    ),
+    **_each(
+        "sharpness",
+        ("rho", "measures", "num_samples", "ascent_steps", "step_size"),
+        "hessian/test_sharpness.py::test_bad_arguments",
+    ),
+    **_each("CurvatureOperator.top_eigenpairs", ("k", "method", "num_matvecs", "tol"), _OPERATOR),
+    ("CurvatureOperator.matvec", "vectors"): _OPERATOR,
+    ("CurvatureOperator.trace", "num_matvecs"): _OPERATOR,
     ("CurvatureOperator.trace", "method"): "hessian/test_trace.py::test_operator_hutchpp_trace",
-    ("CurvatureOperator.density", "num_matvecs"): "hessian/test_operator.py::test_bad_arguments_raise_naming_the_argument",
+    ("CurvatureOperator.density", "num_matvecs"): _OPERATOR,
 }
 
 #: `(callable, argument)` without a check of its own, and why.

@@ -24,8 +24,9 @@ Each step is compared with a NumPy oracle of the method's formula
 (the project's ALGORITHMS reference), the tracker's eigenpair with
 `numpy.linalg.eigh` of `H`, and the logged metrics with their definitions.
 Methods that only track the eigenvector (`tracker=True`) do not use it in
-their step; their perturbation and metrics are checked eagerly. The zero gradient and the zero Hessian with the
-default tracker are in `test_contract.py::test_zero_gradient_and_zero_hessian_change_nothing`.
+their step; their perturbation and metrics are checked eagerly. A zero
+gradient with a zero Hessian for every method, with its default tracker, is
+`test_contract.py::test_zero_gradient_and_zero_hessian_change_nothing`.
 """
 
 import keras
