@@ -213,6 +213,47 @@ class SharpnessAwareModel(keras.Model):
             kwargs["callbacks"] = callbacks + [_FitChecks(terminate)]
         return super().fit(*args, **kwargs)
 
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`, with its scalar arguments checked first.
+
+        Keras takes `steps_per_execution="2"` or `0` and fails inside `fit`
+        with an unrelated error, and reads `jit_compile="yes"` as true; here
+        such values are refused, naming the argument.
+
+        Raises:
+            TypeError, ValueError: if `steps_per_execution` is not an integer
+                >= 1, `jit_compile` not a bool or `"auto"`, or `run_eagerly`
+                or `auto_scale_loss` not a bool.
+        """
+        arguments = inspect.signature(keras.Model.compile).bind(
+            self, *args, **kwargs
+        ).arguments
+        if "steps_per_execution" in arguments:
+            validation.check_int(
+                "steps_per_execution", arguments["steps_per_execution"], minimum=1
+            )
+        for name in ("run_eagerly", "auto_scale_loss"):
+            if name in arguments:
+                validation.check_bool(name, arguments[name])
+        jit_compile = arguments.get("jit_compile", "auto")
+        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+            raise TypeError(
+                "`jit_compile` must be True, False or 'auto'. "
+                f"Received: jit_compile={jit_compile!r}"
+            )
+        super().compile(*args, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras does not compile a loaded model whose class overrides
+        # `compile`; this `compile` only checks Keras's arguments first, so
+        # do what Keras does for its own (a subclass's `compile` still gets
+        # Keras's treatment).
+        if type(self).compile is not SharpnessAwareModel.compile:
+            return super().compile_from_config(config)
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # ------------------------------------------------------------------ build
 
     def call(self, inputs, training=None):

@@ -5,6 +5,7 @@ message tells the user what to change.
 """
 
 import numbers
+import os
 
 
 def check_number(name, value, *, minimum=None, strict=False, maximum=None):
@@ -68,5 +69,32 @@ def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(
             f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_seed(name, value):
+    """Returns `value` after checking it is `None` or a NumPy seed (an
+    integer >= 0)."""
+    return None if value is None else check_int(name, value, minimum=0)
+
+
+def check_callable(name, value, what):
+    """Returns `value` after checking it is callable; `what` says what it
+    should be ("a function `vectors -> H·vectors`")."""
+    if not callable(value):
+        raise TypeError(
+            f"`{name}` must be {what}. Received: {name}={value!r} "
+            f"(of type {type(value).__name__})"
+        )
+    return value
+
+
+def check_path(name, value):
+    """Returns `value` after checking it is a path (a str or `os.PathLike`)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"`{name}` must be a path (a str or os.PathLike). Received: "
+            f"{name}={value!r} (of type {type(value).__name__})"
         )
     return value

@@ -80,24 +80,28 @@ from keras_eigensam.experiments import config  # noqa: E402
 from keras_eigensam.methods import registry  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet18", "Architecture name (keras_eigensam.experiments.architectures).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_enum("model", "resnet18", config.MODELS, "Architecture (keras_eigensam.experiments.architectures).")
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.DEFINE_list("input_shape", ["32", "32", "3"], "Input shape.")
-flags.DEFINE_integer("num_classes", 10, "Number of classes.")
-flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
+flags.DEFINE_integer("num_classes", 10, "Number of classes.", lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds.", lower_bound=1)
 flags.DEFINE_integer(
     "steps_per_round", 3,
     "Timed steps per (method, XLA mode, kind of step) per round; a refresh step is timed "
     "once per round.",
+    lower_bound=1,
 )
 flags.DEFINE_integer(
     "warmup", 2,
     "Untimed steps per (method, XLA mode, kind of step) before timing (a refresh: 1; the "
     "first kind of step of each model: at least 1, its first call traces the step).",
+    lower_bound=0,
 )
 flags.DEFINE_list("methods", list(config.METHODS), "Methods to time (sgd first).")
 flags.DEFINE_list("refresh_periods", ["100", "5"], "k for the amortised Eigen-SAM / X-SAM figures.")
-flags.DEFINE_integer("num_matvecs", 5, "Hessian-vector products per eigenvector refresh.")
+flags.DEFINE_integer(
+    "num_matvecs", 5, "Hessian-vector products per eigenvector refresh.", lower_bound=1
+)
 flags.DEFINE_enum(
     "hvp_mode", "reverse_over_reverse",
     ["reverse_over_reverse", "forward_over_backward"], "HVP mode of the refresh.",
@@ -118,7 +122,9 @@ flags.DEFINE_list(
     "memory_methods", [], "Methods whose memory is measured (default: every method timed)."
 )
 flags.DEFINE_boolean("memory_xla", False, "Measure the step memory with XLA (default: without).")
-flags.DEFINE_integer("memory_warmup", 1, "Untimed steps before the memory is measured (at least 1).")
+flags.DEFINE_integer(
+    "memory_warmup", 1, "Untimed steps before the memory is measured (at least 1).", lower_bound=1
+)
 flags.DEFINE_boolean("tf_keras", True, "Also time tf_keras's SAM in a subprocess.")
 flags.DEFINE_string("output_dir", "benchmarks", "Where results are written.")
 flags.DEFINE_string("output_name", "steps", "Results go to <output_dir>/<output_name>.{json,md}.")
@@ -135,6 +141,13 @@ flags.DEFINE_list(
 flags.DEFINE_enum("worker", None, ["tf_keras", "memory"], "Internal: run as a worker process.")
 flags.DEFINE_string("worker_method", None, "Internal: the memory worker's method.")
 flags.DEFINE_string("worker_label", None, "Internal: the one figure a memory worker measures.")
+
+for _name in ("input_shape", "refresh_periods"):
+    flags.register_validator(
+        _name,
+        lambda values: all(v.isdigit() and int(v) >= 1 for v in values),
+        f"--{_name} takes integers >= 1, e.g. --{_name}={','.join(FLAGS[_name].default)}",
+    )
 
 _OTHER_SUITES = {"hvp": "benchmark_hessian.py", "eigenvector": "benchmark_eigenvector.py"}
 _MODES = {"both": (True, False), "on": (True,), "off": (False,)}

@@ -153,22 +153,32 @@ flags.DEFINE_list(
     f"Methods, from {list(config_lib.METHODS)}.",
 )
 flags.DEFINE_list("seeds", None, "Seeds (preset: digits 0-4, CIFAR 0-2).")
-flags.DEFINE_integer("epochs", None, "Epochs per run (preset: digits 15, CIFAR 200).")
 flags.DEFINE_integer(
-    "max_steps_per_epoch", None, "Cut every epoch to this many steps (smoke tests)."
+    "epochs", None, "Epochs per run (preset: digits 15, CIFAR 200).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "max_steps_per_epoch", None, "Cut every epoch to this many steps (smoke tests).",
+    lower_bound=1,
 )
 flags.DEFINE_enum("model", None, config_lib.MODELS, "Architecture (preset: digits small_cnn).")
-flags.DEFINE_integer("batch_size", None, "Global batch size.")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate (cosine schedule).")
-flags.DEFINE_float("weight_decay", None, "Coupled L2 coefficient.")
-flags.DEFINE_float("rho", None, f"Perturbation radius of {list(RHO_METHODS)}.")
-flags.DEFINE_float("alpha", None, "Eigen-SAM's α.")
-flags.DEFINE_integer("eigensam_refresh_every", None, "Eigen-SAM's refresh period k.")
+flags.DEFINE_integer("batch_size", None, "Global batch size.", lower_bound=1)
+flags.DEFINE_float(
+    "learning_rate", None, "Peak learning rate (cosine schedule), > 0.", lower_bound=0.0
+)
+flags.DEFINE_float("weight_decay", None, "Coupled L2 coefficient.", lower_bound=0.0)
+flags.DEFINE_float(
+    "rho", None, f"Perturbation radius of {list(RHO_METHODS)}.", lower_bound=0.0
+)
+flags.DEFINE_float("alpha", None, "Eigen-SAM's α.", lower_bound=0.0)
+flags.DEFINE_integer(
+    "eigensam_refresh_every", None, "Eigen-SAM's refresh period k.", lower_bound=1
+)
 flags.DEFINE_integer(
     "alignment_refresh_every",
     None,
     "Refresh period of the tracker given to methods that do not need one "
     "(SAM...) to measure their alignment; it does not change their update.",
+    lower_bound=1,
 )
 flags.DEFINE_string("data_dir", None, "Directory of prepared TFDS datasets.")
 flags.DEFINE_bool(

@@ -138,6 +138,7 @@ flags.DEFINE_integer(
     "crash_after_epoch",
     None,
     "Testing only: SIGKILL this process after that epoch's backup.",
+    lower_bound=1,
 )
 
 method_flags.register_method_args_validator("method")

@@ -10,6 +10,8 @@ import math
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from keras_eigensam import validation
+
 
 def _scalar_metadata():
     metadata = summary_pb2.SummaryMetadata()
@@ -34,7 +36,7 @@ class ScalarWriter:
     """
 
     def __init__(self, log_dir):
-        self.log_dir = log_dir
+        self.log_dir = validation.check_path("log_dir", log_dir)
         self._writer = None
         self._metadata = _scalar_metadata()
 

@@ -7,6 +7,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_eigensam import validation
 from keras_eigensam.backend.summary import ScalarWriter
 from keras_eigensam.callbacks.base import Schedule
 from keras_eigensam.callbacks.base import StepTracker
@@ -100,7 +101,7 @@ class EigenAlignmentLogger(keras.callbacks.Callback):
                 DeprecationWarning,
                 stacklevel=2,
             )
-            every = every_n_steps
+            every = validation.check_int("every_n_steps", every_n_steps, minimum=1)
         self.every = Schedule.parse(every, allow_epoch=False).n
         self._writer = ScalarWriter(log_dir) if log_dir is not None else None
         self._steps = StepTracker()

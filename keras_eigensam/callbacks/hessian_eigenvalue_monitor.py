@@ -8,6 +8,7 @@ from keras_eigensam import validation
 from keras_eigensam.callbacks.base import EPOCH
 from keras_eigensam.callbacks.base import ScheduledMonitor
 from keras_eigensam.hessian.data import CurvatureData
+from keras_eigensam.hessian import probe
 from keras_eigensam.hessian.fisher import EmpiricalFisherOperator
 from keras_eigensam.hessian.ggn import GGNOperator
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
@@ -230,9 +231,11 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 f"save the plots in. Received: density={density}, "
                 f"density_dir={density_dir!r}"
             )
+        if density_dir is not None:
+            validation.check_path("density_dir", density_dir)
         self.density_dir = density_dir
-        self.loss = loss
-        self.seed = None if seed is None else validation.check_int("seed", seed)
+        self.loss = probe.check_loss(loss)
+        self.seed = validation.check_seed("seed", seed)
         self._data = CurvatureData(data, batch_size)
         prefix = CURVATURES[self.curvature]
         self._prefix = prefix

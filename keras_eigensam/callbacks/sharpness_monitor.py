@@ -121,7 +121,7 @@ class SharpnessMonitor(ScheduledMonitor):
             self.step_size,
             self.seed,
         ) = check_sharpness_arguments(rho, measures, num_samples, ascent_steps, step_size, seed)
-        self.loss = loss
+        self.loss = probe.check_loss(loss)
         self._batches = probe.read_batches(data)
         self.keys = [f"sharpness_{m}" for m in self.measures]
         super().__init__(every, log_dir, every_n_epochs)

@@ -19,6 +19,7 @@ import collections.abc
 import dataclasses
 import inspect
 import numbers
+import os
 
 from keras_eigensam import validation
 from keras_eigensam.experiments import architectures
@@ -241,11 +242,25 @@ class TrainConfig:
                 "'grpc://10.0.0.2:8470') or None to look for one. Received: "
                 f"tpu={self.tpu!r}"
             )
+        validation.check_path("output_dir", self.output_dir)
         if not self.output_dir:
             raise ConfigError(
                 "`output_dir` must be a directory. "
                 f"Received: output_dir={self.output_dir!r}"
             )
+        _optional(validation.check_path, "data_dir", self.data_dir)
+        if self.run_name is not None and not (
+            isinstance(self.run_name, str)
+            and self.run_name
+            and os.path.basename(self.run_name) == self.run_name
+        ):
+            raise ConfigError(
+                "`run_name` must be the name of the run directory (a non-empty "
+                "string without a path separator) or None to derive it. "
+                f"Received: run_name={self.run_name!r}"
+            )
+        validation.check_int("verbose", self.verbose)
+        validation.check_choice("verbose", self.verbose, (0, 1, 2))
 
     def _validate_method(self):
         args = self.method_args

@@ -70,6 +70,8 @@ def spectral_density(
         - [Ghorbani et al., 2019](https://arxiv.org/abs/1901.10159)
         - [Lin, Saad & Yang, 2016](https://arxiv.org/abs/1308.5467)
     """
+    validation.check_callable("matvec", matvec, "a function `flat vector -> H · flat vector`")
+    validation.check_seed("seed", seed)
     num_parameters = validation.check_int("num_parameters", num_parameters, minimum=1)
     num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
     num_probes = validation.check_int("num_probes", num_probes, minimum=1)

@@ -82,6 +82,7 @@ def hvp(loss_fn, variables, vectors, mode=DEFAULT_HVP_MODE):
             `variables` in length or shapes, the loss is not a scalar, or a
             variable's value is not a `tf.Variable` (read inside a
             `keras.StatelessScope` or an autocast scope).
+        TypeError: if `loss_fn` is not callable.
 
     Example:
 
@@ -96,6 +97,7 @@ def hvp(loss_fn, variables, vectors, mode=DEFAULT_HVP_MODE):
     Reference:
         - [Pearlmutter, 1994](https://doi.org/10.1162/neco.1994.6.1.147)
     """
+    validation.check_callable("loss_fn", loss_fn, "a zero-argument function returning the loss")
     validation.check_choice("mode", mode, HVP_MODES)
     primals = autodiff.primals(variables)
     tangents = autodiff.tangents(vectors, primals)
@@ -141,7 +143,7 @@ def make_hvp(loss_fn, variables, mode=DEFAULT_HVP_MODE):
         like `variables`).
 
     Raises:
-        ValueError: as `hvp`.
+        ValueError, TypeError: as `hvp`.
 
     Example:
 
@@ -155,6 +157,7 @@ def make_hvp(loss_fn, variables, mode=DEFAULT_HVP_MODE):
     Reference:
         - [Pearlmutter, 1994](https://doi.org/10.1162/neco.1994.6.1.147)
     """
+    validation.check_callable("loss_fn", loss_fn, "a zero-argument function returning the loss")
     validation.check_choice("mode", mode, HVP_MODES)
     primals = autodiff.primals(variables)
     if mode == "forward_over_backward":

@@ -110,6 +110,22 @@ def select(theta, k, which):
     return order[:k]
 
 
+def check_start(start):
+    """`start` as a NumPy vector, checked: one axis, finite, not zero.
+
+    Raises:
+        ValueError: naming `start`, its shape and its norm.
+    """
+    start = np.asarray(start)
+    norm = float(np.linalg.norm(start)) if start.size else 0.0
+    if start.ndim != 1 or not (math.isfinite(norm) and norm > 0):
+        raise ValueError(
+            "`start` must be a non-zero, finite vector (one axis): Lanczos "
+            f"normalises it. Received: start of shape {start.shape} and norm {norm}"
+        )
+    return start
+
+
 def lanczos_eigenpairs(
     matvec, start, k, num_matvecs, rng=None, dtype=np.float64, which="largest", tol=None
 ):
@@ -148,7 +164,8 @@ def lanczos_eigenpairs(
 
     Raises:
         ValueError: if `k` < 1 or `k` > `n`, `num_matvecs` < `k`, `which`
-            is unknown or `tol` <= 0.
+            is unknown, `tol` <= 0, or `start` is zero or not finite.
+        TypeError: if `matvec` is not callable or `rng` not a generator.
 
     Example:
 
@@ -162,6 +179,13 @@ def lanczos_eigenpairs(
         - [Parlett, The Symmetric Eigenvalue Problem, §13.2](
           https://doi.org/10.1137/1.9781611971163)
     """
+    validation.check_callable("matvec", matvec, "a function `flat vector -> H · flat vector`")
+    start = check_start(start)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            "`rng` must be a `np.random.Generator` or None. "
+            f"Received: rng={rng!r} (of type {type(rng).__name__})"
+        )
     k = validation.check_int("k", k, minimum=1)
     num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
     which = validation.check_choice("which", which, WHICH)

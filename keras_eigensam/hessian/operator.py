@@ -135,11 +135,7 @@ class CurvatureOperator:
         jit_compile=False,
         check_deterministic=True,
     ):
-        if not isinstance(model, keras.layers.Layer):
-            raise TypeError(
-                "`model` must be a Keras model or layer. Received: "
-                f"model={model!r} (of type {type(model).__name__})"
-            )
+        probe.check_model(model)
         self.training = validation.check_bool("training", training)
         self.jit_compile = validation.check_bool("jit_compile", jit_compile)
         if replicas.in_replica_context():
@@ -353,7 +349,8 @@ class CurvatureOperator:
             ValueError: if `k` < 1 or exceeds the number of parameters,
                 `method` or `which` is unknown, `num_matvecs` < `k` (< `k + 1`
                 for power iteration with `"largest"` or `"smallest"`),
-                `tol` <= 0, or `initial` does not match the variables.
+                `tol` <= 0, `seed` < 0, or `initial` does not match the
+                variables or is zero.
 
         Example:
 
@@ -367,7 +364,13 @@ class CurvatureOperator:
         )
         if initial is not None:
             initial = probe.check_vectors(initial, self.variables, "initial")
-        rng = np.random.default_rng(seed)
+            norm = float(linalg.global_norm(initial))
+            if not (np.isfinite(norm) and norm > 0):
+                raise ValueError(
+                    "`initial` must be a non-zero, finite vector: it is "
+                    f"normalised. Received: initial with norm {norm}"
+                )
+        rng = np.random.default_rng(validation.check_seed("seed", seed))
         start_count = self.matvec_count
         if method == "lanczos":
             if num_matvecs is None:

@@ -77,7 +77,8 @@ def power_iteration(matvec, v0, num_matvecs, tol=None, final_update=False):
         quotient) and a list of tensors with unit global norm.
 
     Raises:
-        TypeError: if `num_matvecs` is not an integer or `tol` not a number.
+        TypeError: if `matvec` is not callable, `num_matvecs` not an
+            integer, `tol` not a number or `final_update` not a bool.
         ValueError: if `num_matvecs` < 1 or `tol` <= 0.
 
     Example:
@@ -103,6 +104,8 @@ def power_iteration_with_info(matvec, v0, num_matvecs, tol=None, final_update=Fa
     `iterations` counts the products, `change` and `residual` are the two
     quantities of the stopping rule at the returned eigenvalue.
     """
+    validation.check_callable("matvec", matvec, "a function `vectors -> H·vectors`")
+    validation.check_bool("final_update", final_update)
     num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=1)
     if tol is not None:
         tol = validation.check_number("tol", tol, minimum=0.0, strict=True)
@@ -205,6 +208,10 @@ def deflated_power_iteration(matvec, k, start, num_matvecs=100, tol=1e-4):
     eigvals, eigvecs = deflated_power_iteration(op.matvec, 2, lambda i: v0[i])
     ```
     """
+    validation.check_callable("matvec", matvec, "a function `vectors -> H·vectors`")
+    validation.check_callable("start", start, "a function `index -> v0`")
+    k = validation.check_int("k", k, minimum=1)
+    validation.check_int("num_matvecs", num_matvecs, minimum=1)
     eigvals, eigvecs = [], []
     for index in range(k):
         found = list(eigvecs)

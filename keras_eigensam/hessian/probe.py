@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_eigensam import linalg
+from keras_eigensam import validation
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import replicas
 from keras_eigensam.backend import tracing
@@ -134,6 +135,54 @@ class _FunctionLoss(keras.losses.Loss):
         return self.fn(y_true, y_pred)
 
 
+def check_model(model):
+    """Returns `model` after checking it is a Keras model or layer.
+
+    Raises:
+        TypeError: naming `model` and its type.
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "`model` must be a Keras model or layer. Received: "
+            f"model={model!r} (of type {type(model).__name__})"
+        )
+    return model
+
+
+def check_loss(loss):
+    """Returns `loss` after the checks that need no model (`resolve_loss`
+    does the rest when the model is known): `None`, or one Keras loss, the
+    name of one, or a callable.
+
+    Raises:
+        TypeError, ValueError: as `resolve_loss`.
+    """
+    if loss is not None:
+        _loss_function(loss, "loss")
+    return loss
+
+
+def _loss_function(loss, source):
+    """The Keras loss or callable that `loss` (not None) names."""
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            "The Hessian tools and curvature callbacks measure a model with "
+            f"one loss; pass the loss to measure as `loss=`. Received: {source}={loss!r}"
+        )
+    message = (
+        "`loss` must be a Keras loss, the name of one, or a callable "
+        f"`loss(y_true, y_pred)`. Received: {source}={loss!r}"
+    )
+    if isinstance(loss, str):
+        try:
+            return keras.losses.get(loss)
+        except ValueError:  # Keras's message names the value only
+            raise ValueError(message) from None
+    if not callable(loss):
+        raise TypeError(message)
+    return loss
+
+
 def resolve_loss(loss, model):
     """The `keras.losses.Loss` to measure: `loss`, else `model.loss`.
 
@@ -143,7 +192,7 @@ def resolve_loss(loss, model):
 
     Raises:
         TypeError: if the loss is neither a Keras loss, its name nor a
-            callable.
+            callable; ValueError if it is a string that names no loss.
         ValueError: if `loss` is None and the model has no compiled loss,
             the model has several losses, or the loss does not reduce to a
             scalar.
@@ -157,18 +206,8 @@ def resolve_loss(loss, model):
                 "the model with a loss or pass `loss=`. Received: loss=None, "
                 "model.loss=None"
             )
-    if isinstance(loss, (dict, list, tuple)):
-        raise ValueError(
-            "The Hessian tools and curvature callbacks measure a model with "
-            f"one loss; pass the loss to measure as `loss=`. Received: {source}={loss!r}"
-        )
-    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    fn = _loss_function(loss, source)
     if not isinstance(fn, keras.losses.Loss):
-        if not callable(fn):
-            raise TypeError(
-                "`loss` must be a Keras loss, the name of one, or a callable "
-                f"`loss(y_true, y_pred)`. Received: {source}={loss!r}"
-            )
         weights = model.trainable_variables
         dtype = keras.config.floatx()
         if weights:
@@ -401,8 +440,8 @@ class ProbeLoss:
     """
 
     def __init__(self, model, loss, data, training=False):
-        self.model = model
-        self.training = training
+        self.model = check_model(model)
+        self.training = validation.check_bool("training", training)
         if hasattr(data, "first") and hasattr(data, "num_examples"):
             self.batches = data  # a `CurvatureData`, maybe streamed
             first = data.first()

@@ -25,10 +25,14 @@ def random_unit_directions(num_parameters, num_samples, seed):
     Args:
         num_parameters: Length of each direction, >= 1.
         num_samples: Number of directions, >= 1.
-        seed: Seed of `np.random.default_rng`.
+        seed: Seed of `np.random.default_rng` (`None` or an integer >= 0).
 
     Returns:
         A generator of `num_samples` unit-norm NumPy arrays.
+
+    Raises:
+        TypeError, ValueError: at the call (not at the first draw) if an
+            argument has the wrong type or range.
 
     Example:
 
@@ -38,7 +42,12 @@ def random_unit_directions(num_parameters, num_samples, seed):
     """
     num_parameters = validation.check_int("num_parameters", num_parameters, minimum=1)
     num_samples = validation.check_int("num_samples", num_samples, minimum=1)
-    rng = np.random.default_rng(seed)
+    # Checked here, not on the first draw: the draws are a generator.
+    rng = np.random.default_rng(validation.check_seed("seed", seed))
+    return _unit_directions(rng, num_parameters, num_samples)
+
+
+def _unit_directions(rng, num_parameters, num_samples):
     for _ in range(num_samples):
         z = rng.standard_normal(num_parameters)
         yield z / np.linalg.norm(z)
@@ -76,7 +85,7 @@ def check_sharpness_arguments(rho, measures, num_samples, ascent_steps, step_siz
     if step_size is None:
         step_size = 2.5 * rho / ascent_steps
     step_size = validation.check_number("step_size", step_size, minimum=0.0, strict=True)
-    seed = None if seed is None else validation.check_int("seed", seed)
+    seed = validation.check_seed("seed", seed)
     return rho, measures, num_samples, ascent_steps, step_size, seed
 
 
@@ -134,7 +143,8 @@ def sharpness(
         A dict from each measure in `measures` to a Python float.
 
     Raises:
-        TypeError, ValueError: as `check_sharpness_arguments`.
+        TypeError, ValueError: as `check_sharpness_arguments`; TypeError if
+            `objective` lacks `weights`, `value` or `value_and_gradient`.
 
     Example:
 
@@ -151,6 +161,13 @@ def sharpness(
     rho, measures, num_samples, ascent_steps, step_size, seed = check_sharpness_arguments(
         rho, measures, num_samples, ascent_steps, step_size, seed
     )
+    if not all(hasattr(objective, name) for name in ("weights", "value", "value_and_gradient")):
+        raise TypeError(
+            "`objective` must be a `keras_eigensam.hessian.ProbeLoss` (or an "
+            "object with `weights()`, `value(values)` and "
+            f"`value_and_gradient(values)`). Received: objective={objective!r} "
+            f"(of type {type(objective).__name__})"
+        )
     weights = objective.weights()
     at = lambda e: linalg.add(weights, e)  # noqa: E731
     need_gradient = "ascent" in measures or "worst_case" in measures

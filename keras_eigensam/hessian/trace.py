@@ -44,7 +44,9 @@ def _hutchinson_samples(matvec, n, m, seed, combine):
     return samples
 
 
-def _check(num_parameters, num_matvecs, minimum=1):
+def _check(matvec, num_parameters, num_matvecs, seed, minimum=1):
+    validation.check_callable("matvec", matvec, "a function `flat vector -> H · flat vector`")
+    validation.check_seed("seed", seed)
     num_parameters = validation.check_int("num_parameters", num_parameters, minimum=1)
     num_matvecs = validation.check_int("num_matvecs", num_matvecs, minimum=minimum)
     return num_parameters, num_matvecs
@@ -88,7 +90,7 @@ def hutchinson_trace(matvec, num_parameters, num_matvecs=100, seed=None):
         - [Hutchinson, 1990](https://doi.org/10.1080/03610919008812866)
         - [Avron & Toledo, 2011](https://doi.org/10.1145/1944345.1944349)
     """
-    n, m = _check(num_parameters, num_matvecs)
+    n, m = _check(matvec, num_parameters, num_matvecs, seed)
     samples = _hutchinson_samples(matvec, n, m, seed, lambda z, hz: float(z @ hz))
     value, error = _mean_and_error(samples)
     return Estimate(float(value), float(error))
@@ -136,7 +138,7 @@ def hutchpp_trace(matvec, num_parameters, num_matvecs=99, seed=None):
         - [Meyer, Musco, Musco & Woodruff, Hutch++, 2021](
           https://arxiv.org/abs/2010.09649)
     """
-    n, m = _check(num_parameters, num_matvecs, minimum=3)
+    n, m = _check(matvec, num_parameters, num_matvecs, seed, minimum=3)
     rng = np.random.default_rng(seed)
     s = min(m // 3, n)
     g = m - 2 * s
@@ -192,7 +194,7 @@ def hutchinson_diagonal(matvec, num_parameters, num_matvecs=100, seed=None):
         - [Bekas, Kokiopoulou & Saad, 2007](
           https://doi.org/10.1016/j.apnum.2007.01.003)
     """
-    n, m = _check(num_parameters, num_matvecs)
+    n, m = _check(matvec, num_parameters, num_matvecs, seed)
     samples = _hutchinson_samples(matvec, n, m, seed, lambda z, hz: z * hz)
     value, error = _mean_and_error(samples)
     return Estimate(value, error)

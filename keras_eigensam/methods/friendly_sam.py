@@ -54,7 +54,7 @@ class FriendlySAM(SharpnessMethod):
     Args:
         rho: Radius of the perturbation. Defaults to `0.05` (SAM's CIFAR
             radius; the paper's CIFAR-100 runs use 0.1–0.2).
-        sigma: How much of the EMA is removed. Defaults to `1.0` (the
+        sigma: How much of the EMA is removed, >= 0. Defaults to `1.0` (the
             paper's setting).
         lmbda: EMA decay. Defaults to `0.6` (the paper's CIFAR setting).
         **kwargs: `SharpnessMethod` options (`tracker` and its arguments,
@@ -76,7 +76,7 @@ class FriendlySAM(SharpnessMethod):
 
     def __init__(self, rho=0.05, sigma=1.0, lmbda=0.6, **kwargs):
         super().__init__(rho=rho, **kwargs)
-        self.sigma = validation.check_number("sigma", sigma)
+        self.sigma = validation.check_number("sigma", sigma, minimum=0.0)
         self.lmbda = validation.check_number("lmbda", lmbda, minimum=0.0, maximum=1.0)
 
     def build_state(self, variable_shapes):

@@ -80,7 +80,7 @@ class GSAM(SharpnessMethod):
         rho_min: `ρ` at the smallest learning rate. Defaults to `0.01` (our
             choice: a fifth of `rho_max`; set it equal to `rho_max` for a
             constant radius).
-        alpha: Strength of the ascent along `g⊥`. Defaults to `0.2`, the
+        alpha: Strength of the ascent along `g⊥`, >= 0. Defaults to `0.2`, the
             authors' PyTorch CIFAR example (juntang-zhuang/GSAM).
         lr_max: Learning rate at which `ρ_t = rho_max`. Defaults to `None`
             (the largest rate seen so far).
@@ -121,7 +121,13 @@ class GSAM(SharpnessMethod):
         super().__init__(rho=rho_max, **kwargs)
         self.rho_max = rho_max
         self.rho_min = validation.check_number("rho_min", rho_min, minimum=0.0)
-        self.alpha = validation.check_number("alpha", alpha)
+        if self.rho_min > rho_max:
+            raise ValueError(
+                "`rho_min` must not exceed `rho_max` (`ρ_t` is clipped to "
+                f"[rho_min, rho_max]). Received: rho_min={rho_min!r}, "
+                f"rho_max={rho_max!r}"
+            )
+        self.alpha = validation.check_number("alpha", alpha, minimum=0.0)
         self.lr_max = (
             None if lr_max is None else validation.check_number("lr_max", lr_max, minimum=0.0)
         )

@@ -52,7 +52,7 @@ class LookSAM(SharpnessMethod):
         rho: Radius of the perturbation. Defaults to `0.05` (SAM's CIFAR
             radius).
         k: Period of the SAM steps. Defaults to `5` (the paper's).
-        alpha: Weight of the reused direction. Defaults to `0.7` (the
+        alpha: Weight of the reused direction, >= 0. Defaults to `0.7` (the
             paper's).
         **kwargs: `SharpnessMethod` options (`tracker` and its arguments,
             `perturbed_variables`) and `keras.layers.Layer` arguments.
@@ -73,7 +73,7 @@ class LookSAM(SharpnessMethod):
     def __init__(self, rho=0.05, k=5, alpha=0.7, **kwargs):
         super().__init__(rho=rho, **kwargs)
         self.k = validation.check_int("k", k, minimum=1)
-        self.alpha = validation.check_number("alpha", alpha)
+        self.alpha = validation.check_number("alpha", alpha, minimum=0.0)
 
     def build_state(self, variable_shapes):
         super().build_state(variable_shapes)

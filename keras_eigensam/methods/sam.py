@@ -3,6 +3,7 @@
 import keras
 
 from keras_eigensam import linalg
+from keras_eigensam import validation
 from keras_eigensam.methods.base import SharpnessMethod
 
 
@@ -54,7 +55,7 @@ class SAM(SharpnessMethod):
     """
 
     def __init__(self, rho=0.05, track_eigen=False, **kwargs):
-        if track_eigen and kwargs.get("tracker") is None:
+        if validation.check_bool("track_eigen", track_eigen) and kwargs.get("tracker") is None:
             kwargs["tracker"] = True
         super().__init__(rho=rho, **kwargs)
 
