@@ -57,7 +57,9 @@ SMOKE = {
         ),
     ),
 }
-RUNS = [pytest.param(n, id=n.name) for n in NOTEBOOKS]
+# Marked slow: they run first, in one worker (see tests/conftest.py), so
+# they share its kernel (see `kernel`).
+RUNS = [pytest.param(n, id=n.name, marks=pytest.mark.slow) for n in NOTEBOOKS]
 # Shell and install lines are Colab's business.
 _SHELL = ("!", "%pip")
 

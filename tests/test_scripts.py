@@ -3,6 +3,11 @@
 Every run is tiny (a few steps of the digits MLP, no augmentation). The
 distributed runs use `perturbation_scope=global`, under which a SAM step does
 not depend on the number of replicas, and are compared with one device.
+
+The runs that several tests read are module fixtures (`one_device`,
+`straight`): built once per test process. Under `pytest -n` this module's
+tests, marked `slow`, are handed to one worker together (see
+`tests/conftest.py`), so each is built once.
 """
 
 import ast
@@ -101,6 +106,28 @@ def one_device(tmp_path_factory):
     return only_run_dir(output_dir)
 
 
+#: Three epochs of Eigen-SAM with standard augmentation, refreshing every
+#: second step (so a refresh falls in every epoch).
+RESUMABLE = [
+    "--method=eigensam",
+    "--method_args=refresh_every=2",
+    "--epochs=3",
+    "--max_steps_per_epoch=3",
+    "--augment=standard",
+]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """`(process, run_dir)` of an uninterrupted `RESUMABLE` run: the run a
+    killed and resumed one must end as, and the Eigen-SAM run of
+    `test_train_writes_results_for_each_method`."""
+    output_dir = str(tmp_path_factory.mktemp("straight"))
+    process = run_script(TRAIN, *RESUMABLE, f"--output_dir={output_dir}")
+    assert_ok(process)
+    return process, only_run_dir(output_dir)
+
+
 def assert_same_run(run_dir, reference_dir):
     results = json.load(open(os.path.join(run_dir, "results.json")))
     reference = json.load(open(os.path.join(reference_dir, "results.json")))
@@ -131,20 +158,25 @@ def test_script_methods_are_registered():
 @pytest.mark.parametrize("method", SCRIPT_METHODS)
 def test_train_writes_results_for_each_method(method, tmp_path, request):
     """Each kind of method runs end to end through the script."""
+    given = {}
     if method == "sam":
         # The single-device SAM run of the distribution tests.
         run_dir = request.getfixturevalue("one_device")
-        epochs = 2
+        epochs, process = 2, None
+    elif method == "eigensam":
+        # The uninterrupted run of the resume test.
+        process, run_dir = request.getfixturevalue("straight")
+        epochs, steps, given = 3, 3, {"refresh_every": 2}
     else:
         process = run_script(
             TRAIN, f"--method={method}", *TINY, f"--output_dir={tmp_path}"
         )
         assert_ok(process)
         run_dir = only_run_dir(str(tmp_path))
-        epochs = 1
-        # Keras's per-epoch line (no "Epoch 1/1" header for one epoch), then
-        # the one-line summary.
-        assert re.search(r"^2/2 - .* - loss: ", process.stdout, re.MULTILINE)
+        epochs, steps = 1, 2
+    if process is not None:
+        # Keras's per-epoch line, then the one-line summary.
+        assert re.search(rf"^{steps}/{steps} - .* - loss: ", process.stdout, re.MULTILINE)
         summary = process.stdout.strip().splitlines()[-1]
         assert (
             summary.startswith(f"digits-mlp-{method}-") and "test accuracy" in summary
@@ -170,11 +202,15 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
     if method == "sgd":
         assert results["method_config"] is None
     else:
-        # Built with the registry's defaults and the run's seed: what the
-        # method reports of its arguments (SAM leaves out those of the
-        # tracker it does not have) agrees with the config.
+        # Built with the registry's defaults (but for those given) and the
+        # run's seed: what the method reports of its arguments (SAM leaves
+        # out those of the tracker it does not have) agrees with the config.
         args = results["config"]["method_args"]
-        assert args == config.TrainConfig(method=method).resolved().method_args
+        assert (
+            args
+            == config.TrainConfig(method=method, method_args=given).resolved().method_args
+        )
+        assert all(args[k] == v for k, v in given.items())
         assert results["method_config"].items() <= args.items()
         radius = "rho_max" if method == "gsam" else "rho"
         assert results["method_config"][radius] == registry.defaults(method)[radius]
@@ -185,22 +221,14 @@ def test_train_writes_results_for_each_method(method, tmp_path, request):
 # ---------------------------------------------------------------- resuming
 
 
-def test_killed_run_resumes_from_its_backup(tmp_path):
+def test_killed_run_resumes_from_its_backup(tmp_path, straight):
     """Killed after epoch 2 and started again, the run ends where an
     uninterrupted run ends (items 8 and 16 of issue 12): the data of epoch e
     is a function of (seed, e). (The per-step alignment log across a resume:
     test_eigen_alignment_logger.py.)"""
-    common = [
-        "--method=eigensam",
-        "--method_args=refresh_every=2",
-        "--epochs=3",
-        "--max_steps_per_epoch=3",
-        "--augment=standard",
-    ]
-    straight_dir = tmp_path / "straight"
-    assert_ok(run_script(TRAIN, *common, f"--output_dir={straight_dir}"))
+    _, straight_run = straight
     tmp_path = tmp_path / "resumed"
-    args = common + [f"--output_dir={tmp_path}"]
+    args = RESUMABLE + [f"--output_dir={tmp_path}"]
     killed = run_script(TRAIN, *args, "--crash_after_epoch=2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run_dir = only_run_dir(str(tmp_path))
@@ -223,7 +251,6 @@ def test_killed_run_resumes_from_its_backup(tmp_path):
     # The resumed epoch starts from the trained weights, not from new ones,
     # and sees the batches the uninterrupted run saw.
     assert float(rows[2]["loss"]) < float(rows[0]["loss"])
-    straight_run = only_run_dir(str(straight_dir))
     straight_rows = read_history(straight_run)
     for key in ("loss", "accuracy", "top_eigenvalue"):
         np.testing.assert_allclose(

@@ -126,6 +126,16 @@ _SPECS = {
 }
 
 
+def input_shape(name):
+    """The shape of one example of dataset `name`, known without loading it.
+
+    Raises:
+        ValueError: if `name` is not one of `NAMES`.
+    """
+    validation.check_choice("dataset", name, NAMES)
+    return _SPECS[name].input_shape
+
+
 def load(
     name,
     split,

@@ -80,15 +80,15 @@ def test_normalization_hessian_matches_finite_differences(float64, kind, trainin
     gradient = exact_gradient(model, x, y, training)
     weights = [w.value for w in variables]
     loss_fn = model_loss_fn(model, x, y, training)
+    # `make_hvp` traced once in a function, as the train step's eigenvector
+    # refresh calls it (traced for the first vector, reused for the second).
+    traced = tf.function(lambda v: hessian.make_hvp(loss_fn, variables, mode)(v))
     for seed in range(2):
         v = random_vectors(variables, seed)
         expected = fd_hvp(gradient, weights, v)
         # Central differences in float64 with step 1e-5: error about 1e-9
         # of the largest entry; the stop_gradient errs by 9-22 %.
         tolerance = dict(rtol=1e-6, atol=1e-6 * np.max(np.abs(expected)))
-        # `make_hvp` traced once in a function, as the train step's
-        # eigenvector refresh calls it.
-        traced = tf.function(lambda v: hessian.make_hvp(loss_fn, variables, mode)(v))
         for name, product in {
             "hvp": hessian.hvp(loss_fn, variables, v, mode),
             "make_hvp": hessian.make_hvp(loss_fn, variables, mode)(v),
