@@ -697,8 +697,16 @@ class SharpnessAwareModel(keras.Model):
     def _hessian_runner(self, x, y, sample_weight):
         """`StepContext.with_hessian` for this step's batch (see there)."""
 
-        def with_hessian(pred, fn, default, training, mode):
+        def with_hessian(pred, fn, default, training, mode, examples):
             def replica_fn(x, y, sample_weight):
+                if examples is not None:
+                    # The first examples of each replica's shard (batches
+                    # are shuffled, so a random sub-batch).
+                    local = -(-examples // distribute.num_replicas_in_sync())
+                    x, y, sample_weight = keras.tree.map_structure(
+                        lambda t: None if t is None else t[:local],
+                        (x, y, sample_weight),
+                    )
                 def loss_fn():
                     # Reads the variables themselves (so they can be
                     # differentiated, also by weight regularisers) and

@@ -51,6 +51,8 @@ and `<output_dir>/RESULTS.md` is rebuilt from every `*.md` section there;
         --steps_per_round=1 --warmup=1 --methods=sgd,sam,eigensam,looksam \
         --nomemory --notf_keras --output_name=steps_xla_phases   # 2 CPUs, ~22 min
     python scripts/benchmark.py --model=small_cnn --rounds=2 --steps_per_round=2 --xla=off
+    python scripts/benchmark.py --model=resnet18 --batch_size=32 --xla=on \
+        --methods='sgd,sam,eigensam,eigensam(hessian_batch_size=16)'   # variants
     python scripts/benchmark.py --suites=steps,hvp,eigenvector   # everything
 """
 
@@ -75,6 +77,7 @@ from benchmark_memory import reset_peak  # noqa: E402
 from benchmark_memory import rss_mib  # noqa: E402
 from benchmark_memory import run_worker  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
+from method_flags import parse_method_args  # noqa: E402
 
 from keras_eigensam.experiments import config  # noqa: E402
 from keras_eigensam.methods import registry  # noqa: E402
@@ -97,7 +100,12 @@ flags.DEFINE_integer(
     "first kind of step of each model: at least 1, its first call traces the step).",
     lower_bound=0,
 )
-flags.DEFINE_list("methods", list(config.METHODS), "Methods to time (sgd first).")
+flags.DEFINE_list(
+    "methods", list(config.METHODS),
+    "Methods to time (sgd among them), each a name or a variant "
+    "name(key=value;key=value) with constructor arguments, e.g. "
+    "'eigensam(hessian_batch_size=64;hvp_mode=forward_over_backward)'.",
+)
 flags.DEFINE_list("refresh_periods", ["100", "5"], "k for the amortised Eigen-SAM / X-SAM figures.")
 flags.DEFINE_integer(
     "num_matvecs", 5, "Hessian-vector products per eigenvector refresh.", lower_bound=1
@@ -217,16 +225,43 @@ def _batch():
     return x, y
 
 
-def _make_method(name):
-    """The method with its defaults; one that refreshes an eigenvector with
-    the flags' refresh settings."""
+def _parse_entry(entry):
+    """`(method name, constructor arguments)` of a `--methods` entry: a
+    method's name, or a variant `name(key=value;key=value)` (values are
+    Python literals, as in `train.py --method_args`).
+
+    Raises:
+        ValueError: if the entry is malformed or names an unknown method or
+            argument.
+    """
+    name, paren, rest = entry.partition("(")
+    if paren and not rest.endswith(")"):
+        raise ValueError(f"a variant is name(key=value;...). Received: {entry!r}")
+    name = name.strip()
+    if name not in config.METHODS:
+        raise ValueError(
+            f"names are {', '.join(config.METHODS)} (or their variants "
+            f"name(key=value;...)). Received: {entry!r}"
+        )
+    arguments = parse_method_args([i for i in rest[:-1].split(";") if i]) if paren else {}
+    if arguments:
+        if name == "sgd":
+            raise ValueError(f"--methods: sgd takes no arguments. Received: {entry!r}")
+        registry.check_arguments(name, arguments)
+    return name, arguments
+
+
+def _make_method(entry):
+    """The method with its defaults (and the entry's arguments); one that
+    refreshes an eigenvector with the flags' refresh settings unless the
+    entry sets them."""
+    name, arguments = _parse_entry(entry)
     if name == "sgd":
         return None
-    method = registry.create(name)
+    method = registry.create(name, **arguments)
     if _refreshes(method):
-        method = registry.create(
-            name, num_matvecs=FLAGS.num_matvecs, hvp_mode=FLAGS.hvp_mode, seed=0
-        )
+        refresh = dict(num_matvecs=FLAGS.num_matvecs, hvp_mode=FLAGS.hvp_mode, seed=0)
+        method = registry.create(name, **{**refresh, **arguments})
     return method
 
 
@@ -521,7 +556,7 @@ def _headline(result):
     for name in result["methods"]:
         row = {
             "method": name,
-            "passes": "1" if name == "sgd" else registry.get(name).passes,
+            "passes": "1" if name == "sgd" else registry.get(_parse_entry(name)[0]).passes,
             "label": name,
         }
         for mode, figures in result["modes"].items():
@@ -836,12 +871,16 @@ def main(argv):
     if "steps" not in FLAGS.suites:
         write_results_index(FLAGS.output_dir)
         return
-    unknown = set(FLAGS.methods) - set(config.METHODS)
-    if unknown or "sgd" not in FLAGS.methods:
+    if "sgd" not in FLAGS.methods:
         sys.exit(
-            f"--methods must include sgd and name only {', '.join(config.METHODS)}; "
-            f"got {FLAGS.methods}"
+            f"--methods must include sgd and name only {', '.join(config.METHODS)} (or "
+            f"their variants name(key=value;...)); got {FLAGS.methods}"
         )
+    try:
+        for entry in FLAGS.methods:
+            _make_method(entry)
+    except (ValueError, TypeError, config.ConfigError) as error:
+        sys.exit(f"--methods: {error}")
     names = ["sgd"] + [m for m in FLAGS.methods if m != "sgd"]
     labels = [label for n in names for label, _, _ in _variants(n, _make_method(n))]
     if set(FLAGS.memory_methods) - set(names):

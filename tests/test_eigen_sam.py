@@ -422,3 +422,47 @@ def test_fit_warns_when_the_eigenvector_refreshes_at_most_once(
     else:
         assert len(messages) == 1 and expected in messages[0], messages
         assert f"refresh_every={refresh_every}" in messages[0]
+
+
+# ---------------------------------------------------------------- sub-batch
+
+
+def _sub_batch_eigenpair(x, y, w0):
+    lam, v, _ = ref.top_eigenpair(ref.mlp_hessian(w0, x, y))
+    return lam, v
+
+
+def test_hessian_batch_size_refreshes_on_the_first_examples(exact):
+    x, y, w0, lam_full, v_full = exact
+    lam, v = _sub_batch_eigenpair(x[:6], y[:6], w0)
+    # The sub-batch's eigenvector is not the batch's: the test can tell.
+    assert abs(v @ v_full) < 0.99
+    model = _model(ks.EigenSAM(
+        refresh_every=1, power_iterations=15, hessian_batch_size=6, seed=0
+    ))
+    model.train_on_batch(x, y)
+    assert abs(_eigenvector(model) @ v) > 0.9999
+    np.testing.assert_allclose(float(model.method.tracker.eigenvalue), lam, rtol=1e-4)
+    # Larger than the batch: the whole batch.
+    model = _model(ks.EigenSAM(
+        refresh_every=1, power_iterations=15, hessian_batch_size=1000, seed=0
+    ))
+    model.train_on_batch(x, y)
+    assert abs(_eigenvector(model) @ v_full) > 0.9999
+
+
+def test_hessian_batch_size_on_two_replicas_takes_each_shards_first_examples(
+    mirrored_strategy,
+):
+    x, y = tiny.data(n=16)
+    w0 = tiny.weights_of(tiny.mlp())
+    # Two replicas of 8 examples, `hessian_batch_size=6`: 3 of each shard.
+    rows = np.r_[0:3, 8:11]
+    lam, v = _sub_batch_eigenpair(x[rows], y[rows], w0)
+    with mirrored_strategy.scope():
+        model = _model(ks.EigenSAM(
+            refresh_every=100, num_matvecs=12, hessian_batch_size=6, seed=0
+        ))
+    tiny.fit_steps(model, x, y, 16, 1)
+    assert abs(_eigenvector(model) @ v) > 0.999
+    np.testing.assert_allclose(model.method.tracker.eigenvalue.numpy(), lam, rtol=1e-3)

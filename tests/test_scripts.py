@@ -404,7 +404,8 @@ def test_parse_method_args():
         (
             ["--method=asam", "--method_args=eta=0.1,alpha=0.1"],
             "Method 'asam' (ASAM) takes no argument `alpha`; its arguments are "
-            "['eta', 'hessian_training', 'hvp_mode', 'interval', 'num_matvecs', "
+            "['eta', 'hessian_batch_size', 'hessian_training', 'hvp_mode', 'interval', "
+            "'num_matvecs', "
             "'perturbed_variables', 'refresh_every', 'rho', 'seed', 'tracker', "
             "'which']. Received: alpha=0.1",
         ),
@@ -465,12 +466,15 @@ def test_compare_writes_a_table(tmp_path):
     assert len([n for n in os.listdir(compare_dir) if n.startswith("digits-")]) == 2
 
 
+VARIANT = "eigensam(hessian_batch_size=4;refresh_every=3)"
+
+
 def test_benchmark_times_both_xla_modes_and_writes_its_tables(tmp_path):
     """Every (method, XLA mode) timed, LookSAM on and off its SAM steps and
     amortised over `k` (not with XLA once its SAM step is skipped there), a
     memory figure per kind of step, the tables written."""
     result = run_script(
-        BENCHMARK, *TINY_BENCHMARK, "--methods=sgd,sam,looksam", "--xla=both",
+        BENCHMARK, *TINY_BENCHMARK, f"--methods=sgd,sam,looksam,{VARIANT}", "--xla=both",
         "--xla_skip=looksam_on_step", "--memory_methods=looksam", f"--output_dir={tmp_path}",
     )
     assert_ok(result)
@@ -482,13 +486,29 @@ def test_benchmark_times_both_xla_modes_and_writes_its_tables(tmp_path):
         assert steps["sam"]["ratio_to_sam"] == 1.0
         assert all(row["n"] == 1 for row in steps.values())
     xla, no_xla = written["modes"]["xla"], written["modes"]["no_xla"]
-    assert set(xla["steps"]) == {"sgd", "sam", "looksam_off_step"}
-    assert set(no_xla["steps"]) == {"sgd", "sam", "looksam_off_step", "looksam_on_step"}
-    assert xla["amortised"] == {}
+    assert set(xla["steps"]) - {VARIANT, f"{VARIANT}_refresh"} == {
+        "sgd", "sam", "looksam_off_step"
+    }
+    assert set(no_xla["steps"]) - {VARIANT, f"{VARIANT}_refresh"} == {
+        "sgd", "sam", "looksam_off_step", "looksam_on_step"
+    }
+    # A variant: its own rows, built with its arguments.
+    assert {VARIANT, f"{VARIANT}_refresh"} <= set(xla["steps"]) & set(no_xla["steps"])
+    for mode in (xla, no_xla):
+        amortised = mode["amortised"][f"{VARIANT}@k=3"]
+        refresh, plain, sgd = (
+            mode["steps"][label]["median_s"] for label in (f"{VARIANT}_refresh", VARIANT, "sgd")
+        )
+        assert amortised["default_k"]
+        assert amortised["refresh_cost_in_gradients"] == pytest.approx((refresh - plain) / sgd)
+    assert set(xla["amortised"]) == {f"{VARIANT}@k={k}" for k in (100, 5, 3)}
     on, off = (no_xla["steps"][f"looksam_{kind}_step"]["median_s"] for kind in ("on", "off"))
     assert no_xla["amortised"]["looksam@k=5"]["step_s"] == pytest.approx((on + 4 * off) / 5)
     headline = written["headline"]
-    assert [row["label"] for row in headline] == ["sgd", "sam", "looksam@k=5"]
+    assert [row["label"] for row in headline] == [
+        "sgd", "sam", "looksam@k=5", f"{VARIANT}@k=3"
+    ]
+    assert headline[3]["passes"] == registry.get("eigensam").passes
     assert headline[2]["passes"] == registry.get("looksam").passes
     assert headline[2]["xla"] is None and headline[2]["no_xla"]["ratio_to_sgd"] > 0
     # A fresh process measured LookSAM's two kinds of step; the peak is LookSAM's.

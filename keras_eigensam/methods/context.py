@@ -230,7 +230,10 @@ class StepContext:
             raise NotImplementedError("This step cannot compute per-example losses.")
         return self._example_losses(perturbation)
 
-    def with_hessian(self, pred, fn, default, *, training=False, mode="reverse_over_reverse"):
+    def with_hessian(
+        self, pred, fn, default, *, training=False, mode="reverse_over_reverse",
+        examples=None,
+    ):
         """`fn(matvec)` if the scalar boolean `pred`, else `default`.
 
         `matvec(vectors)` is the Hessian-vector product of the loss on this
@@ -241,9 +244,11 @@ class StepContext:
         every replica (computed from products), and it may contain
         collectives, so call this outside `cond`. `pred` must be identical on
         every replica too (the step count is). `mode` is the HVP algorithm
-        (see `keras_eigensam.hessian.hvp`).
+        (see `keras_eigensam.hessian.hvp`). With `examples` (an int), the
+        loss is that of the first `examples` examples of the global batch:
+        the first `ceil(examples / num_replicas)` of each replica's shard.
         """
-        return self._with_hessian(pred, fn, default, training, mode)
+        return self._with_hessian(pred, fn, default, training, mode, examples)
 
     def all_reduce_mean(self, values):
         """The mean of `values` (a list of tensors) over replicas.

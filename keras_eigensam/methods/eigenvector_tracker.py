@@ -32,6 +32,7 @@ ARGUMENTS = (
     "hessian_training",
     "hvp_mode",
     "seed",
+    "hessian_batch_size",
 )
 
 
@@ -86,6 +87,14 @@ class EigenvectorTracker:
             `"forward_over_backward"`. Defaults to `"reverse_over_reverse"`
             (see `benchmarks/hessian.md`).
         seed: Seed of the Gaussian initial vector. Defaults to `None`.
+        hessian_batch_size: If set, the Hessian is that of the loss on the
+            first `hessian_batch_size` examples of the global batch (with `R`
+            replicas, the first `ceil(hessian_batch_size / R)` of each
+            replica's shard; the whole batch if it is smaller), a random
+            sub-batch since batches are shuffled. A refresh then costs that
+            fraction of a full-batch one, in time and in memory, for a
+            noisier estimate (`benchmarks/refresh.md` measures both).
+            Defaults to `None`: the whole batch, as the reference codes.
 
     Raises:
         ValueError: if an argument is out of range or unknown.
@@ -112,6 +121,7 @@ class EigenvectorTracker:
         hessian_training=False,
         hvp_mode=DEFAULT_HVP_MODE,
         seed=None,
+        hessian_batch_size=None,
     ):
         self.refresh_every = validation.check_int(
             "refresh_every", refresh_every, minimum=1
@@ -137,6 +147,11 @@ class EigenvectorTracker:
             "hessian_training", hessian_training
         )
         self.hvp_mode = validation.check_choice("hvp_mode", hvp_mode, HVP_MODES)
+        if hessian_batch_size is not None:
+            hessian_batch_size = validation.check_int(
+                "hessian_batch_size", hessian_batch_size, minimum=1
+            )
+        self.hessian_batch_size = hessian_batch_size
         if seed is not None:
             seed = validation.check_int("seed", seed)
         self.seed = seed
@@ -154,6 +169,7 @@ class EigenvectorTracker:
             "hessian_training": self.hessian_training,
             "hvp_mode": self.hvp_mode,
             "seed": self.seed,
+            "hessian_batch_size": self.hessian_batch_size,
         }
 
     def build(self, layer, variable_shapes):
@@ -225,6 +241,7 @@ class EigenvectorTracker:
             (current, previous, ops.convert_to_tensor(False)),
             training=self.hessian_training,
             mode=self.hvp_mode,
+            examples=self.hessian_batch_size,
         )
         for variable, value in zip(self.vector, vector):
             context.assign(variable, value)

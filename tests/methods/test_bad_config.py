@@ -47,6 +47,10 @@ BAD = {
         "yes", TypeError, r"`hessian_training` must be a bool. Received: hessian_training='yes'"
     ),
     "hvp_mode": ("exact", ValueError, r"`hvp_mode` must be one of .*Received: hvp_mode='exact'"),
+    "hessian_batch_size": (
+        0, ValueError,
+        r"`hessian_batch_size` must be an integer >= 1. Received: hessian_batch_size=0",
+    ),
     "seed": ("0", TypeError, r"`seed` must be an integer. Received: seed='0'"),
     "track_eigen": ("yes", TypeError, r"`track_eigen` must be a bool. Received: track_eigen='yes'"),
     "eta": (-0.01, ValueError, r"`eta` must be a float >= 0.0. Received: eta=-0.01"),
