@@ -303,11 +303,17 @@ def test_non_finite_refresh_keeps_previous_eigenvector():
         (lambda: ks.EigenSAM(hvp_mode="finite_difference"), ValueError, r"`hvp_mode` must be one of .*Received: hvp_mode='finite_difference'"),
         (lambda: ks.SAM(track_eigen=True, refresh_every=-3), ValueError, r"`refresh_every`"),
         (lambda: ks.EigenSAM(hessian_training="yes"), TypeError, r"`hessian_training` must be a bool"),
+        (lambda: ks.XSAM(num_matvecs=1), ValueError, r"`num_matvecs` must be >= 2 with which='largest'.*which='magnitude'.*Received: num_matvecs=1"),
     ],
 )
 def test_bad_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_one_product_per_refresh_is_a_power_iteration():
+    assert ks.XSAM(num_matvecs=1, which="magnitude").tracker.num_matvecs == 1
+    assert ks.XSAM(power_iterations=1).tracker.which == "magnitude"
 
 
 def test_unbuilt_model_under_mirrored_strategy_builds_state_in_scope(mirrored_strategy):

@@ -70,8 +70,8 @@ class EigenvectorTracker:
     Args:
         refresh_every: Optimizer steps between refreshes. Defaults to `100`
             (Eigen-SAM's reference; X-SAM's reference refreshes every 5).
-        num_matvecs: Hessian-vector products per refresh (Lanczos steps or
-            power iterations). Defaults to `5`.
+        num_matvecs: Hessian-vector products per refresh (Lanczos steps,
+            at least 2, or power iterations). Defaults to `5`.
         power_iterations: Former name of `num_matvecs`, accepted for
             configurations saved by keras-eigensam 0.1; with it `which`
             defaults to `"magnitude"`, 0.1's algorithm. Defaults to `None`.
@@ -143,6 +143,16 @@ class EigenvectorTracker:
         self.which = validation.check_choice(
             "which", "largest" if which is None else which, WHICH
         )
+        if self.which == "largest" and self.num_matvecs < 2:
+            # One product gives Lanczos the Rayleigh quotient of the start
+            # vector and nothing to move it with: the vector would never
+            # change.
+            raise ValueError(
+                "`num_matvecs` must be >= 2 with which='largest': Lanczos needs "
+                "two products to move its estimate (with one, the vector would "
+                "never change). For one product per refresh pass which='magnitude' "
+                f"(one power iteration). Received: num_matvecs={self.num_matvecs}"
+            )
         self.hessian_training = validation.check_bool(
             "hessian_training", hessian_training
         )
