@@ -199,5 +199,59 @@ def test_killed_at_a_random_step_resumes_bit_for_bit(tmp_path):
         assert any(np.any(np.asarray(v) != 0) for v in state), method
 
 
+def test_keras_restarts_the_epoch_of_a_mid_epoch_backup(tmp_path):
+    """Pins what Keras 3.15's `BackupAndRestore(save_freq=<steps>)` does, the
+    reason the promise is made for per-epoch backups: it restores the weights
+    of a backup written inside epoch e, then trains epoch e again from its
+    first batch (the batches before the backup twice); and the epoch it
+    records is the callback's count of epochs ended in this `fit`, so the
+    backups of a resumed fit say epoch 0 until it ends an epoch (killed
+    again, the run would start over from epoch 0 with trained weights). If
+    this test fails, Keras changed: look again at row 8 of RELIABILITY.md."""
+    import keras
+
+    from tests import tiny
+
+    x, y = tiny.data(n=STEPS * BATCH)
+    metadata = tmp_path / "backup" / "training_metadata.json"
+
+    def new_model():
+        model = tiny.mlp()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        return model
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.epoch, batch) == (1, 1):
+                raise RuntimeError("interrupted")
+
+    fit = dict(batch_size=BATCH, epochs=2, verbose=0, shuffle=False)
+    model = new_model()
+    backup = lambda: keras.callbacks.BackupAndRestore(
+        tmp_path / "backup", save_freq=1, delete_checkpoint=False
+    )
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(x, y, callbacks=[backup(), Interrupt()], **fit)
+    assert json.loads(metadata.read_text()) == {"epoch": 1, "batch": 1}
+    saved = [np.array(v) for v in model.weights]
+
+    model = new_model()
+    seen, restored = [], []
+    record = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: restored.extend(np.array(v) for v in model.weights),
+        on_train_batch_begin=lambda batch, logs: seen.append(batch),
+    )
+    history = model.fit(x, y, callbacks=[backup(), record], **fit)
+    for a, b in zip(restored, saved):
+        np.testing.assert_array_equal(a, b)
+    assert history.epoch == [1] and seen == list(range(STEPS))
+    assert int(model.optimizer.iterations) == STEPS + 2 + STEPS  # not 2 * STEPS
+    # Written after the resumed epoch's last batch, before it ended.
+    assert json.loads(metadata.read_text()) == {"epoch": 0, "batch": STEPS - 1}
+
+
 if __name__ == "__main__":
     main(*sys.argv[1:])
