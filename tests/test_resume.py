@@ -3,15 +3,15 @@ and ends bit for bit where an uninterrupted one ends (issue 12, row 8).
 
 The training runs in child processes (this file run as
 `python -m tests.test_resume OUT_DIR JOB...`): a tiny MLP under op
-determinism, with an optimizer with slots (SGD with momentum), and two
-methods whose state is of two kinds: Eigen-SAM (an eigenvector that drives
-the step, refreshed every 3 steps, its eigenvalue and refresh counters) and
-LookSAM (a direction stored on every 3rd step and used on the others).
-Epochs of 4 steps, so neither schedule is aligned with the epochs. (An EMA,
-FriendlySAM's, is state of the same kind, variables of the method layer that
-the backup holds: every method's state goes through `BackupAndRestore` in
-`methods/test_contract.py::test_backup_and_restore_and_keras_file_keep_method_state`,
-in one process; each method more here costs a process, ~8 CPU-s.)
+determinism, with an optimizer with slots (SGD with momentum), and three
+methods, one per kind of state: Eigen-SAM (an eigenvector that drives the
+step, refreshed every 3 steps, its eigenvalue and refresh counters), LookSAM
+(a direction stored on every 3rd step and used on the others) and
+FriendlySAM (an EMA of the gradient and its `started` flag). Epochs of 4
+steps, so neither schedule is aligned with the epochs. Each method more
+costs a process (~7 CPU-s); every registered method's state goes through
+`BackupAndRestore` in one process in
+`methods/test_contract.py::test_backup_and_restore_and_keras_file_keep_method_state`.
 
 Each child SIGKILLs itself when the optimizer has taken the step the test
 drew at random (seeded) inside an epoch: SIGKILL runs no handler, no
@@ -32,9 +32,10 @@ trained twice and the run cannot end where an uninterrupted one ends; see
 The data of epoch e is a function of the seed and e only (a stateless
 shuffle), and the resumed process starts its data at the backed-up epoch, as
 `experiments.data.load(epochs=..., initial_epoch=...)` does for
-`scripts/train.py`. (`fit(x, y, shuffle=True)` and a `Dataset.shuffle`
-that reshuffles each iteration are not resumable: their epoch-e order is the
-e-th draw of a generator that restarts with the process.)
+`scripts/train.py`. (Keras 3.15's `fit(x, y, shuffle=True)` on arrays,
+under `keras.utils.set_random_seed`, draws the same permutation in every
+epoch, seen here: each epoch's iterator starts its seeded
+`tf.random.shuffle` again. It resumes, but it does not reshuffle.)
 """
 
 import json
@@ -54,6 +55,7 @@ EPOCHS, STEPS, BATCH = 3, 4, 4
 METHODS = {
     "eigensam": dict(rho=0.1, alpha=0.3, refresh_every=3, seed=4),
     "looksam": dict(rho=0.1, k=3),
+    "friendlysam": dict(rho=0.1),
 }
 
 
