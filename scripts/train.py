@@ -135,9 +135,10 @@ flags.DEFINE_string(
     "run_name", None, "Run directory name (unset: made of the hyperparameters)."
 )
 flags.DEFINE_integer(
-    "crash_after_epoch",
+    "crash_at_step",
     None,
-    "Testing only: SIGKILL this process after that epoch's backup.",
+    "Testing only: SIGKILL this process when it has taken that training step "
+    "(counted from 1 at the run's first step, across epochs and restarts).",
     lower_bound=1,
 )
 
@@ -145,15 +146,18 @@ method_flags.register_method_args_validator("method")
 flags.adopt_module_key_flags(method_flags)
 
 # Flags that are not TrainConfig fields.
-_SCRIPT_FLAGS = ("rho", "crash_after_epoch")
+_SCRIPT_FLAGS = ("rho", "crash_at_step")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    class CrashAfterEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == FLAGS.crash_after_epoch:
+    class CrashAtStep(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch * self.params["steps"] + batch + 1 == FLAGS.crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     values = FLAGS.flag_values_dict()
@@ -162,7 +166,7 @@ def main(argv):
     }
     flag_record = {k: values[k] for k in [*fields, *_SCRIPT_FLAGS]}
     fields["verbose"] = 1 if sys.stdout.isatty() else 2
-    callbacks = [CrashAfterEpoch()] if FLAGS.crash_after_epoch else []
+    callbacks = [CrashAtStep()] if FLAGS.crash_at_step else []
     try:
         fields["method_args"] = method_flags.method_args(FLAGS.method_args, FLAGS.rho)
         results = experiments.run(
