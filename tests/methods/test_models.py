@@ -3,10 +3,11 @@
 The battery (`test_contract.py`) trains small Sequential networks. Here
 every method must also train a functional model with two inputs and two
 outputs (a dict of losses with `loss_weights`, an activity regulariser that
-adds a loss, an Embedding with sparse gradients, frozen layers), a
-recurrent network, and a `keras.applications` network; SAM's step on the
-multi-output model is checked against a `tf.GradientTape` oracle that does
-not use the library.
+adds a loss, an Embedding with sparse gradients, frozen layers) and a
+recurrent network; SAM's step on the multi-output model is checked against
+a `tf.GradientTape` oracle that does not use the library. SAM also trains a
+`keras.applications` network (the other methods there cost too much CI
+time; see the test).
 """
 
 import keras
@@ -17,7 +18,6 @@ import tensorflow as tf
 import keras_eigensam as ks
 from keras_eigensam.methods import registry
 from tests import tiny
-from tests.methods.test_contract import _method
 from tests.methods.test_contract import _method_with_few_products
 from tests.methods.test_contract import _state
 
@@ -115,7 +115,7 @@ def test_multi_io_model_with_frozen_layers_and_embedding_trains(name):
     initial = before[paths.index(_embedding(net).embeddings.path)]
     if name != "xsam":
         np.testing.assert_array_equal(embeddings[SEEN:], initial[SEEN:])
-    assert np.abs(embeddings[:SEEN] - initial[:SEEN]).min(axis=1).min() > 0
+    assert np.abs(embeddings[:SEEN] - initial[:SEEN]).max(axis=1).min() > 0
     assert all(np.isfinite(s).all() for s in _state(model))
 
 
@@ -188,21 +188,15 @@ def test_recurrent_network_trains(name):
     assert all(np.isfinite(v).all() for v in tiny.weights_of(model) + _state(model))
 
 
-#: Methods trained on a `keras.applications` network, one per way a method
-#: reaches the network (see the test's docstring).
-APPLICATION_METHODS = ("sam", "esam")
-
-
-@pytest.mark.parametrize("name", APPLICATION_METHODS)
-def test_keras_application_trains(name):
+def test_keras_application_trains():
     """VGG16 (no top, 32×32 input): of the `keras.applications` networks
     measured (MobileNet, MobileNetV2/V3Small), the one that costs least to
-    trace. A method reaches the network through passes at perturbed
-    weights (SAM and every other method: the same stateless pass), through
-    per-example losses (ESAM) or through Hessian-vector products (Eigen-SAM,
-    X-SAM: the tracker): SAM and ESAM here. The tracker, and every method on
-    this network, are left out for CI time (Eigen-SAM alone took 20-30 s
-    here; Momentum-SAM 4-7 s); they train the other models of this module."""
+    trace, trained with SAM only, for CI time: SAM took 3-9 s here, ESAM
+    7-14 s, Eigen-SAM 20-30 s (its Hessian-vector products). Every method
+    reaches a network through the same stateless passes at perturbed
+    weights (ESAM also through per-example losses, Eigen-SAM and X-SAM
+    through the tracker's products), and each trains the other models of
+    this module."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 3, size=(8,))
@@ -212,7 +206,7 @@ def test_keras_application_trains(name):
         ),
         keras.layers.Dense(3, activation="softmax"),
     ])
-    model = ks.SharpnessAwareModel(net, method=_method(name))
+    model = ks.SharpnessAwareModel(net, method=ks.SAM(rho=0.05))
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss="sparse_categorical_crossentropy",
