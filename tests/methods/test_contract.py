@@ -56,6 +56,17 @@ def _method(method_name, **kwargs):
     return registry.get(method_name).cls(**arguments)
 
 
+#: Tracker arguments of the methods that need one, where a test needs only
+#: that the Hessian-vector products run (tracing them costs the most).
+FEW_PRODUCTS = {"num_matvecs": 2}
+
+
+def _method_with_few_products(method_name):
+    """`_method`, with `FEW_PRODUCTS` for a method that tracks the eigenvector."""
+    tracks = registry.get(method_name).cls.requires_tracker
+    return _method(method_name, **(FEW_PRODUCTS if tracks else {}))
+
+
 def _model(name, net=None, optimizer=None, **compile_kwargs):
     model = ks.SharpnessAwareModel(net or tiny.bn_dropout_net(), method=_method(name))
     model.compile(
