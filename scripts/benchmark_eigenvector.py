@@ -171,8 +171,8 @@ def _markdown(result):
         f"`{result['command']}`",
         "",
         "| setting | cost | median \\|cos\\| | min \\|cos\\| | refreshes with \\|cos\\| ≥ 0.9 "
-        "| median λ ratio | median \\|λ2/λ1\\| | median step (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| median λ ratio | median \\|λ2/λ1\\| |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         ratio = run["median_eigenvalue_ratio"]
@@ -180,8 +180,7 @@ def _markdown(result):
             f"| `{run['setting']}` | {run['cost'] / baseline:.2f} | "
             f"{run['median_cosine_after_warmup']:.3f} | {run['min_cosine_after_warmup']:.3f} | "
             f"{100 * run['fraction_above_0_9']:.0f} % | "
-            f"{'–' if ratio is None else f'{ratio:.3f}'} | {run['median_gap_ratio']:.3f} | "
-            f"{run['median_step_s']:.3f} |"
+            f"{'–' if ratio is None else f'{ratio:.3f}'} | {run['median_gap_ratio']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

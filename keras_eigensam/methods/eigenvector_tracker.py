@@ -333,8 +333,8 @@ def lanczos_top_eigenpair(matvec, v0, num_matvecs):
     best estimate of `(λ_max, v_max)` that the space holds, never worse than
     the Rayleigh quotient of `v0`. The loop is unrolled in Python (no
     `while_loop`, so `matvec` may all-reduce through `merge_call`), and the
-    basis is kept as one `(m, n)` matrix of flattened vectors so the
-    reorthogonalisation is two matrix products per step. On breakdown (an
+    basis is kept as `m` flattened vectors, reorthogonalised against one at
+    a time (never stacked into an `(m, n)` copy). On breakdown (an
     invariant subspace) later basis vectors are zero and their spurious Ritz
     values are ignored.
 
@@ -356,9 +356,12 @@ def lanczos_top_eigenpair(matvec, v0, num_matvecs):
         alphas.append(ops.sum(q * w))
         if j == num_matvecs - 1:
             break
-        stacked = ops.stack(basis)
         for _ in range(2):
-            w = w - ops.matmul(ops.matmul(stacked, w), stacked)
+            # Classical Gram-Schmidt against each basis vector in turn, not
+            # one stacked (j, n) matrix: a stack would copy the basis at
+            # every step (5 copies of the parameters for ResNet-18).
+            coefficients = [ops.sum(b * w) for b in basis]
+            w = w - _sum_scaled(basis, coefficients)
         beta = linalg.global_norm([w])
         scale = ops.max(ops.abs(ops.stack(alphas))) + (
             ops.max(ops.stack(betas)) if betas else 0.0
@@ -388,10 +391,18 @@ def lanczos_top_eigenpair(matvec, v0, num_matvecs):
     # the start vector, so that a warm-started estimate keeps its sign and
     # every backend finds the same vector.
     coefficients = coefficients * ops.where(coefficients[0] < 0, -1.0, 1.0)
-    vector = ops.matmul(coefficients, ops.stack(basis[: len(alphas)]))
+    vector = _sum_scaled(basis[: len(alphas)], [coefficients[i] for i in range(len(alphas))])
     vector, _ = linalg.normalize([vector])
     eigenvalue = ops.where(finite, ops.take(theta, index), float("nan"))
     return eigenvalue, _unflat(vector[0], like)
+
+
+def _sum_scaled(vectors, coefficients):
+    """`Σ coefficients[i] · vectors[i]` of flat tensors, one at a time."""
+    total = coefficients[0] * vectors[0]
+    for c, v in zip(coefficients[1:], vectors[1:]):
+        total = total + c * v
+    return total
 
 
 def _flat(tensors):
