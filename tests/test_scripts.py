@@ -42,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 COMPARE = os.path.join(REPO, "scripts", "compare.py")
 BENCHMARK = os.path.join(REPO, "scripts", "benchmark.py")
+BENCHMARK_EIGENVECTOR = os.path.join(REPO, "scripts", "benchmark_eigenvector.py")
 TINY_BENCHMARK = [
     "--model=mlp", "--input_shape=64", "--batch_size=16", "--rounds=1",
     "--steps_per_round=1", "--warmup=1", "--notf_keras",
@@ -629,3 +630,25 @@ def test_benchmark_times_both_xla_modes_and_writes_its_tables(tmp_path):
     assert "XLA ms" in markdown and "no XLA ms" in markdown
     assert written["command"] in markdown
     assert "## Step time" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_eigenvector_benchmark_compares_settings(tmp_path):
+    """Each setting trains and is scored at every refresh against a
+    converged eigenvector; the cost column is products × examples."""
+    result = run_script(
+        BENCHMARK_EIGENVECTOR, "--steps=4", "--refresh_every=2", "--warmup_refreshes=0",
+        "--batch_size=16", "--reference_matvecs=8",
+        "--settings=num_matvecs=4,which=magnitude;num_matvecs=1;hessian_batch_size=4",
+        f"--output_dir={tmp_path}",
+    )
+    assert_ok(result)
+    written = json.loads((tmp_path / "eigenvector.json").read_text())
+    first, second = written["runs"]
+    assert first["arguments"] == {"num_matvecs": 4}
+    assert second["arguments"] == {"which": "magnitude", "num_matvecs": 1, "hessian_batch_size": 4}
+    assert (first["cost"], second["cost"]) == (4 * 16, 1 * 4)
+    for run in (first, second):
+        assert len(run["cosines"]) == 2  # refreshes at steps 0 and 2
+        assert all(0.0 <= c <= 1.0 + 1e-6 for c in run["cosines"])
+    markdown = (tmp_path / "eigenvector.md").read_text()
+    assert "| `which=magnitude;num_matvecs=1;hessian_batch_size=4` | 0.06 |" in markdown
