@@ -5,7 +5,8 @@ replica, and `test_model.py` checks SAM's loss scaling against a float32
 step. Here every method must also train under `mixed_bfloat16` (no loss
 scaling: bfloat16 has float32's range), and, with a `LossScaleOptimizer` on
 two replicas, take exactly the step of one float32 replica and skip a batch
-whose loss overflows while its gradient does not.
+whose loss overflows while its gradient does not; and train under both mixed
+policies on two replicas.
 """
 
 import keras
@@ -94,5 +95,33 @@ def test_loss_scale_optimizer_on_two_replicas(name, mirrored_strategy):
     for variable in model.variables + model.method.variables:
         copies = _replica_copies(variable)
         assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
+        assert np.isfinite(copies[0]).all(), variable.path
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_policy_on_two_replicas(name, policy, mirrored_strategy):
+    """Every method under a mixed policy on two replicas (Keras wraps the
+    optimizer in a `LossScaleOptimizer` for `mixed_float16`): it trains,
+    the replicas stay identical and finite, variables and method state stay
+    float32. The step's numbers are checked in float32 above."""
+    keras.config.set_dtype_policy(policy)
+    x, y = tiny.data(n=32)
+    with mirrored_strategy.scope():
+        model = ks.SharpnessAwareModel(tiny.mlp(), method=_method_with_few_products(name))
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (policy == "mixed_float16")
+    w0 = tiny.weights_of(model)
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["skipped_steps"] == [0.0, 0.0, 0.0]
+    assert tiny.max_difference(tiny.weights_of(model), w0) > 1e-3
+    for variable in model.variables + model.method.variables:
+        assert variable.dtype in ("float32", "int64", "int32"), variable.path
+        copies = _replica_copies(variable)
+        assert len(copies) == 2, variable.path
         np.testing.assert_array_equal(copies[0], copies[1], err_msg=variable.path)
         assert np.isfinite(copies[0]).all(), variable.path
