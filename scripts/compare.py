@@ -66,6 +66,11 @@ flags.DEFINE_float(
 )
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_integer("epochs", 10, "Epochs per run.")
+flags.DEFINE_bool(
+    "jit_compile", None,
+    "XLA (unset: Keras's auto, on for GPU/TPU; on CPU the offline defaults run "
+    "faster without it: its compile time dominates short runs).",
+)
 flags.DEFINE_enum("strategy", "auto", config.STRATEGIES, "Distribution strategy.")
 flags.DEFINE_string(
     "tpu", None, "TPU address for --strategy=tpu/auto (unset: look for one)."
