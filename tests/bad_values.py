@@ -7,7 +7,10 @@ reported at once. One test per table, not one per case: the suite's
 per-test set-up (`clear_session`) costs more than the cases themselves.
 """
 
+import os
 import re
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def misses(cases):
@@ -31,3 +34,12 @@ def assert_each_raises(cases):
     assert cases, "no cases"
     found = misses(cases)
     assert not found, f"{len(found)} of {len(cases)} cases:\n" + "\n".join(found)
+
+
+def assert_tests_exist(places):
+    """Each `"path::test"` (path relative to tests/) names a test function
+    in that file: a case said to be checked elsewhere is checked there."""
+    for place in set(places):
+        path, test = place.split("::")
+        with open(os.path.join(TESTS, path)) as f:
+            assert f"def {test}(" in f.read(), place

@@ -8,13 +8,12 @@ complete. The scripts map their flags onto these fields
 """
 
 import dataclasses
-import os
 
 from keras_eigensam.experiments import TrainConfig
 from keras_eigensam.experiments.config import ConfigError
 from tests.bad_values import assert_each_raises
+from tests.bad_values import assert_tests_exist
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG_TEST = "experiments/test_config.py::test_invalid_settings_raise_config_error"
 
 #: Fields checked by another test.
@@ -59,9 +58,7 @@ def test_every_field_is_accounted_for():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert not set(BAD) & set(ELSEWHERE), "checked twice"
     assert set(BAD) | set(ELSEWHERE) == fields
-    path, test = _CONFIG_TEST.split("::")
-    with open(os.path.join(TESTS, path)) as f:
-        assert f"def {test}(" in f.read()
+    assert_tests_exist([_CONFIG_TEST])
 
 
 def test_every_field_names_the_bad_value():

@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from keras_eigensam import hessian
 from tests.bad_values import assert_each_raises
+from tests.bad_values import assert_tests_exist
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: The public callables whose arguments are checked, by name.
 CALLABLES = {
@@ -233,10 +233,7 @@ def test_every_argument_is_accounted_for():
     missing = everything - here - set(ELSEWHERE) - set(NOT_CHECKED)
     assert not missing, f"give these a bad value: {sorted(missing)}"
     assert not (here | set(ELSEWHERE) | set(NOT_CHECKED)) - everything, "stale entries"
-    for where in set(ELSEWHERE.values()):
-        path, test = where.split("::")
-        with open(os.path.join(TESTS, path)) as f:
-            assert f"def {test}(" in f.read(), where
+    assert_tests_exist(ELSEWHERE.values())
 
 
 def test_every_argument_names_the_bad_value():
