@@ -14,6 +14,7 @@ from keras_eigensam.backend import distribute
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import tracing
 from keras_eigensam.hessian.hvp import make_hvp
+from keras_eigensam.hessian.hvp import make_microbatched_hvp
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
@@ -697,7 +698,7 @@ class SharpnessAwareModel(keras.Model):
     def _hessian_runner(self, x, y, sample_weight):
         """`StepContext.with_hessian` for this step's batch (see there)."""
 
-        def with_hessian(pred, fn, default, training, mode, examples):
+        def with_hessian(pred, fn, default, training, mode, examples, microbatch_size):
             def replica_fn(x, y, sample_weight):
                 if examples is not None:
                     # The first examples of each replica's shard (batches
@@ -707,13 +708,14 @@ class SharpnessAwareModel(keras.Model):
                         lambda t: None if t is None else t[:local],
                         (x, y, sample_weight),
                     )
-                def loss_fn():
+                def loss_fn(part):
                     # Reads the variables themselves (so they can be
                     # differentiated, also by weight regularisers) and
                     # discards any state write, such as BatchNormalization
                     # statistics in training mode. True scale, float32: a
                     # loss-scaled product overflows in float16 where the
                     # gradient does not.
+                    x, y, sample_weight = part
                     own_values = [(v, v.value) for v in self.trainable_variables]
                     with keras.StatelessScope(
                         state_mapping=own_values, collect_losses=True
@@ -722,9 +724,16 @@ class SharpnessAwareModel(keras.Model):
                         loss = self._loss(x, y, y_pred, sample_weight)
                     return ops.cast(loss, "float32")
 
-                local_matvec = make_hvp(
-                    loss_fn, self.trainable_variables, mode=mode
-                )
+                batch = (x, y, sample_weight)
+                if microbatch_size is None:
+                    local_matvec = make_hvp(
+                        lambda: loss_fn(batch), self.trainable_variables, mode=mode
+                    )
+                else:
+                    local_matvec = make_microbatched_hvp(
+                        loss_fn, batch, self.trainable_variables,
+                        microbatch_size, mode=mode,
+                    )
 
                 def matvec(vectors):
                     # Each replica's loss carries a 1/num_replicas factor, so

@@ -457,6 +457,31 @@ def test_hessian_batch_size_refreshes_on_the_first_examples(exact):
     assert abs(_eigenvector(model) @ v_full) > 0.9999
 
 
+@pytest.mark.parametrize(
+    "microbatch, jit_compile, hessian_batch_size",
+    [(5, False, None), (5, True, None), (1, False, None), (2, False, 6)],
+)
+def test_hessian_microbatch_size_gives_the_whole_batchs_eigenpair(
+    exact, microbatch, jit_compile, hessian_batch_size
+):
+    """Products summed over micro-batches (16 = 1 + 3·5 examples: the first
+    micro-batch is smaller, so unweighted micro-batch means would fail) are
+    the batch's: the refreshed eigenpair is the NumPy Hessian's."""
+    x, y, w0, lam, v = exact
+    if hessian_batch_size is not None:
+        lam, v = _sub_batch_eigenpair(x[:hessian_batch_size], y[:hessian_batch_size], w0)
+    model = _model(
+        ks.EigenSAM(
+            refresh_every=1, power_iterations=15, seed=0,
+            hessian_microbatch_size=microbatch, hessian_batch_size=hessian_batch_size,
+        ),
+        jit_compile=jit_compile,
+    )
+    model.train_on_batch(x, y)
+    assert abs(_eigenvector(model) @ v) > 0.9999
+    np.testing.assert_allclose(float(model.method.tracker.eigenvalue), lam, rtol=1e-4)
+
+
 def test_hessian_batch_size_on_two_replicas_takes_each_shards_first_examples(
     mirrored_strategy,
 ):

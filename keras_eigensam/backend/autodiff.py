@@ -245,6 +245,71 @@ def persistent_hvp(loss_fn, primals):
     return matvec
 
 
+def microbatched_hvp(loss_fn, batch, primals, mode, size):
+    """`matvec(tangents)` summing products over micro-batches, one at a time.
+
+    `batch` is a structure of tensors (or `None`s) sharing a leading axis of
+    `n` examples, and `loss_fn(part)` the mean loss on a part of it. The
+    batch is cut into `m = ceil(n / size)` micro-batches, the first of
+    `n − (m − 1)·size` examples and the others of `size`, and
+
+    ```
+    matvec(v) = Σ_c (n_c / n) · H_c·v      (H_c: Hessian of loss_fn(part c))
+    ```
+
+    which is the product of the whole batch's Hessian when the loss is a
+    mean over examples plus terms that do not depend on them (weight
+    regularisers). The micro-batches are visited by a `tf.while_loop` with
+    `parallel_iterations=1`, each product recorded and freed in turn, so the
+    activations alive are one micro-batch's; every micro-batch after the
+    first has the static size `size`, and the first is computed before the
+    loop, as XLA needs static shapes.
+    """
+    leaves = [t for t in tf.nest.flatten(batch) if t is not None]
+    n = tf.shape(leaves[0])[0]
+    count = (n + size - 1) // size
+    first = n - (count - 1) * size
+    dtype = primals[0].dtype
+    total = tf.cast(n, dtype)
+
+    def part(start, length):
+        return tf.nest.map_structure(
+            lambda t: None if t is None else t[start : start + length], batch
+        )
+
+    def weighted(part_batch, examples, tangents):
+        products = hvp(lambda: loss_fn(part_batch), primals, tangents, mode)
+        weight = tf.cast(examples, dtype) / total
+        return [weight * p for p in products]
+
+    def matvec(tangents):
+        initial = weighted(part(0, first), first, tangents)
+
+        def body(index, accumulated):
+            start = first + index * size
+            piece = tf.nest.map_structure(lambda t: _rows(t, start, size), batch)
+            products = weighted(piece, size, tangents)
+            return index + 1, [a + p for a, p in zip(accumulated, products)]
+
+        _, result = tf.while_loop(
+            lambda index, _: index < count - 1,
+            body,
+            (tf.constant(0), initial),
+            parallel_iterations=1,
+        )
+        return result
+
+    return matvec
+
+
+def _rows(tensor, start, size):
+    """`size` rows of `tensor` from `start`, a static `size` (XLA's dynamic slice)."""
+    if tensor is None:
+        return None
+    rest = tensor.shape.rank - 1
+    return tf.slice(tensor, tf.stack([start] + [0] * rest), [size] + [-1] * rest)
+
+
 def value_and_gradient(fn, values):
     """`fn(values)` and its dense gradient with respect to the tensors `values`."""
     with tf.GradientTape() as tape:

@@ -5,8 +5,9 @@ Two layers:
 1. A functional core that a compiled training step can call, in replica
    context, under `jit_compile=True`: `hvp` (one Hessian-vector product of a
    zero-argument loss function), `make_hvp` (a `matvec` that reuses one
-   recorded forward and backward pass for many products) and
-   `power_iteration`. Nothing there all-reduces; the caller does.
+   recorded forward and backward pass for many products),
+   `make_microbatched_hvp` (a `matvec` accumulated over micro-batches, for
+   bounded memory) and `power_iteration`. Nothing there all-reduces; the caller does.
 2. Analysis tools, called eagerly between epochs or after training:
    curvature operators of a Keras model's mean loss over one batch or a
    whole data set (`HessianOperator`, `GGNOperator`,
@@ -43,6 +44,7 @@ from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
 from keras_eigensam.hessian.hvp import hvp
 from keras_eigensam.hessian.hvp import make_hvp
+from keras_eigensam.hessian.hvp import make_microbatched_hvp
 from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
 from keras_eigensam.hessian.lanczos import WHICH
 from keras_eigensam.hessian.eigenpairs import EIGEN_METHODS

@@ -166,3 +166,68 @@ def make_hvp(loss_fn, variables, mode=DEFAULT_HVP_MODE):
         )
     matvec = autodiff.persistent_hvp(loss_fn, primals)
     return lambda vectors: matvec(autodiff.tangents(vectors, primals))
+
+
+def make_microbatched_hvp(
+    loss_fn, batch, variables, microbatch_size, mode=DEFAULT_HVP_MODE
+):
+    """A `matvec` of a batch's Hessian, accumulated over micro-batches.
+
+    The memory-bounded counterpart of `make_hvp`: every product is summed
+    over micro-batches of at most `microbatch_size` examples, visited one
+    after the other (a `tf.while_loop` that runs one iteration at a time),
+    so the activations alive during a product are one micro-batch's instead
+    of the whole batch's; nothing is kept between products, so each product
+    recomputes its forward and backward passes. With `n` examples cut into
+    `m = ceil(n / microbatch_size)` micro-batches (the first holding the
+    remainder, `n − (m − 1)·microbatch_size` examples):
+
+    ```
+    matvec(v) = Σ_c (n_c / n) · H_c·v      H_c = ∇² loss_fn(micro-batch c)
+    ```
+
+    This is exactly `H·v` of `loss_fn(batch)` when that loss is a mean over
+    examples (Keras's default `"sum_over_batch_size"` reduction, sample
+    weights included) plus terms that do not depend on the examples (weight
+    regularisers). It is not when examples interact: BatchNormalization in
+    training mode (statistics per micro-batch, as with gradient
+    accumulation), a `"sum"` reduction, or an activity regulariser summed
+    over the batch.
+
+    Works inside `tf.function`, under `jit_compile=True` and in a replica
+    context (it never all-reduces).
+
+    Args:
+        loss_fn: Callable `loss_fn(part) -> scalar`, the mean loss on `part`,
+            a structure like `batch` holding some of its examples.
+        batch: Structure (tuple, dict, list) of tensors with the same
+            leading dimension, or `None`s (a missing sample weight).
+        variables: List of Keras variables (or `tf.Variable`s).
+        microbatch_size: Examples per micro-batch, a Python int >= 1.
+        mode: As in `hvp`. Defaults to `"reverse_over_reverse"`.
+
+    Returns:
+        A function `matvec(vectors) -> H·vectors`.
+
+    Raises:
+        ValueError, TypeError: as `hvp`, or if `microbatch_size` is not an
+            integer >= 1.
+
+    Example:
+
+    ```python
+    def loss_fn(part):
+        x, y = part
+        return keras.ops.mean((model(x) - y) ** 2)
+
+    matvec = hessian.make_microbatched_hvp(
+        loss_fn, (x, y), model.trainable_variables, microbatch_size=32
+    )
+    ```
+    """
+    validation.check_callable("loss_fn", loss_fn, "a function of a part of the batch returning its loss")
+    validation.check_choice("mode", mode, HVP_MODES)
+    microbatch_size = validation.check_int("microbatch_size", microbatch_size, minimum=1)
+    primals = autodiff.primals(variables)
+    matvec = autodiff.microbatched_hvp(loss_fn, batch, primals, mode, microbatch_size)
+    return lambda vectors: matvec(autodiff.tangents(vectors, primals))

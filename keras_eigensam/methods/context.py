@@ -232,7 +232,7 @@ class StepContext:
 
     def with_hessian(
         self, pred, fn, default, *, training=False, mode="reverse_over_reverse",
-        examples=None,
+        examples=None, microbatch_size=None,
     ):
         """`fn(matvec)` if the scalar boolean `pred`, else `default`.
 
@@ -247,8 +247,13 @@ class StepContext:
         (see `keras_eigensam.hessian.hvp`). With `examples` (an int), the
         loss is that of the first `examples` examples of the global batch:
         the first `ceil(examples / num_replicas)` of each replica's shard.
+        With `microbatch_size` (an int), each product is accumulated over
+        micro-batches of that many examples of each replica's shard (see
+        `keras_eigensam.hessian.make_microbatched_hvp`).
         """
-        return self._with_hessian(pred, fn, default, training, mode, examples)
+        return self._with_hessian(
+            pred, fn, default, training, mode, examples, microbatch_size
+        )
 
     def all_reduce_mean(self, values):
         """The mean of `values` (a list of tensors) over replicas.

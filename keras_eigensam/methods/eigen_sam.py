@@ -69,7 +69,8 @@ class EigenSAM(SharpnessMethod):
             {0.05, 0.1, 0.2}. Defaults to `0.2`.
         **kwargs: `tracker` or the tracker's arguments: `refresh_every`
             (defaults to `100`, the reference's), `num_matvecs` (5), `which`,
-            `hessian_training`, `hvp_mode`, `seed`, `hessian_batch_size` (see
+            `hessian_training`, `hvp_mode`, `seed`, `hessian_batch_size`,
+            `hessian_microbatch_size` (see
             `EigenvectorTracker`); and `keras.layers.Layer` arguments.
 
     Raises:

@@ -33,6 +33,7 @@ ARGUMENTS = (
     "hvp_mode",
     "seed",
     "hessian_batch_size",
+    "hessian_microbatch_size",
 )
 
 
@@ -100,6 +101,17 @@ class EigenvectorTracker:
             the converged eigenvector 0.97 instead of 0.99
             (`benchmarks/eigenvector.md`).
             Defaults to `None`: the whole batch, as the reference codes.
+        hessian_microbatch_size: If set, every product is accumulated over
+            micro-batches of this many examples (of each replica's shard),
+            computed one after the other: the same Hessian (exactly, for a
+            loss that is a mean over examples and a model in inference
+            mode; with `hessian_training=True` BatchNormalization takes
+            statistics per micro-batch), with the activations of one
+            micro-batch alive instead of the whole batch's, each product
+            recomputing its forward and backward passes instead of replaying
+            one recorded pass. The memory setting for large batches (see
+            `keras_eigensam.hessian.make_microbatched_hvp`). Defaults to
+            `None`: one recorded pass over the whole (Hessian) batch.
 
     Raises:
         ValueError: if an argument is out of range or unknown.
@@ -127,6 +139,7 @@ class EigenvectorTracker:
         hvp_mode=DEFAULT_HVP_MODE,
         seed=None,
         hessian_batch_size=None,
+        hessian_microbatch_size=None,
     ):
         self.refresh_every = validation.check_int(
             "refresh_every", refresh_every, minimum=1
@@ -167,6 +180,11 @@ class EigenvectorTracker:
                 "hessian_batch_size", hessian_batch_size, minimum=1
             )
         self.hessian_batch_size = hessian_batch_size
+        if hessian_microbatch_size is not None:
+            hessian_microbatch_size = validation.check_int(
+                "hessian_microbatch_size", hessian_microbatch_size, minimum=1
+            )
+        self.hessian_microbatch_size = hessian_microbatch_size
         if seed is not None:
             seed = validation.check_int("seed", seed)
         self.seed = seed
@@ -185,6 +203,7 @@ class EigenvectorTracker:
             "hvp_mode": self.hvp_mode,
             "seed": self.seed,
             "hessian_batch_size": self.hessian_batch_size,
+            "hessian_microbatch_size": self.hessian_microbatch_size,
         }
 
     def build(self, layer, variable_shapes):
@@ -257,6 +276,7 @@ class EigenvectorTracker:
             training=self.hessian_training,
             mode=self.hvp_mode,
             examples=self.hessian_batch_size,
+            microbatch_size=self.hessian_microbatch_size,
         )
         for variable, value in zip(self.vector, vector):
             context.assign(variable, value)

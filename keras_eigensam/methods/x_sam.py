@@ -80,7 +80,8 @@ class XSAM(SharpnessMethod):
             `"reference"`.
         **kwargs: `tracker` or the tracker's arguments: `refresh_every`
             (defaults to `5`), `num_matvecs` (5), `which`,
-            `hessian_training`, `hvp_mode`, `seed`, `hessian_batch_size` (see
+            `hessian_training`, `hvp_mode`, `seed`, `hessian_batch_size`,
+            `hessian_microbatch_size` (see
             `EigenvectorTracker`); and `keras.layers.Layer` arguments.
 
     Raises:

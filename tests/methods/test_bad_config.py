@@ -51,6 +51,11 @@ BAD = {
         0, ValueError,
         r"`hessian_batch_size` must be an integer >= 1. Received: hessian_batch_size=0",
     ),
+    "hessian_microbatch_size": (
+        0, ValueError,
+        r"`hessian_microbatch_size` must be an integer >= 1. Received: "
+        r"hessian_microbatch_size=0",
+    ),
     "seed": ("0", TypeError, r"`seed` must be an integer. Received: seed='0'"),
     "track_eigen": ("yes", TypeError, r"`track_eigen` must be a bool. Received: track_eigen='yes'"),
     "eta": (-0.01, ValueError, r"`eta` must be a float >= 0.0. Received: eta=-0.01"),
