@@ -2,19 +2,18 @@
 
 import functools
 import inspect
-import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_eigensam import batch_loss
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import tracing
-from keras_eigensam.hessian.hvp import make_hvp
-from keras_eigensam.hessian.hvp import make_microbatched_hvp
+from keras_eigensam.fit_checks import FitChecks
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
@@ -211,7 +210,7 @@ class SharpnessAwareModel(keras.Model):
         if isinstance(callbacks, (list, tuple, type(None))):
             callbacks = list(callbacks or [])
             terminate = any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks)
-            kwargs["callbacks"] = callbacks + [_FitChecks(terminate)]
+            kwargs["callbacks"] = callbacks + [FitChecks(terminate)]
         return super().fit(*args, **kwargs)
 
     def compile(self, *args, **kwargs):
@@ -572,7 +571,7 @@ class SharpnessAwareModel(keras.Model):
                     collect_losses=True,
                 ):
                     y_pred_ = self._forward(x, training=True)
-            return self._example_losses(x, y, y_pred_, sample_weight)
+            return batch_loss.example_losses(self, x, y, y_pred_, sample_weight)
 
         context = StepContext(
             step=self.optimizer.iterations,
@@ -585,7 +584,7 @@ class SharpnessAwareModel(keras.Model):
             optimizer=self.optimizer,
             num_replicas=num_replicas,
             gradient_at=gradient_at,
-            with_hessian=self._hessian_runner(x, y, sample_weight),
+            with_hessian=batch_loss.hessian_runner(self, x, y, sample_weight),
             all_reduce_mean=distribute.all_reduce_mean,
             cond=ops.cond,
             example_losses=example_losses,
@@ -669,85 +668,6 @@ class SharpnessAwareModel(keras.Model):
             )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _example_losses(self, x, y, y_pred, sample_weight):
-        """Per-example losses of the compiled loss at predictions `y_pred`.
-
-        The mean loss is `Σ_i s_i ℓ_i / N` (`sum_over_batch_size`) for
-        sample weights `s`, so `ℓ_i = N ∂L/∂s_i`: one cheap backward through
-        the loss's reduction only, for any compiled loss and output
-        structure.
-        """
-        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
-        if sample_weight is None:
-            sample_weight = ops.ones((batch_size,), "float32")
-
-        # Weight regularisers read their variables from the scope's mapping;
-        # their terms do not depend on the sample weights.
-        own_values = [(v, v.value) for v in self.trainable_variables]
-
-        def weighted_loss(values):
-            with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
-                loss_ = self._loss(x, y, y_pred, values[0])
-            return ops.cast(loss_, "float32")
-
-        _, (per_example,) = autodiff.value_and_gradient(
-            weighted_loss, [ops.cast(sample_weight, "float32")]
-        )
-        return ops.cast(batch_size, "float32") * ops.reshape(per_example, (-1,))
-
-    def _hessian_runner(self, x, y, sample_weight):
-        """`StepContext.with_hessian` for this step's batch (see there)."""
-
-        def with_hessian(pred, fn, default, training, mode, examples, microbatch_size):
-            def replica_fn(x, y, sample_weight):
-                if examples is not None:
-                    # The first examples of each replica's shard (batches
-                    # are shuffled, so a random sub-batch).
-                    local = -(-examples // distribute.num_replicas_in_sync())
-                    x, y, sample_weight = keras.tree.map_structure(
-                        lambda t: None if t is None else t[:local],
-                        (x, y, sample_weight),
-                    )
-                def loss_fn(part):
-                    # Reads the variables themselves (so they can be
-                    # differentiated, also by weight regularisers) and
-                    # discards any state write, such as BatchNormalization
-                    # statistics in training mode. True scale, float32: a
-                    # loss-scaled product overflows in float16 where the
-                    # gradient does not.
-                    x, y, sample_weight = part
-                    own_values = [(v, v.value) for v in self.trainable_variables]
-                    with keras.StatelessScope(
-                        state_mapping=own_values, collect_losses=True
-                    ):
-                        y_pred = self._forward(x, training=training)
-                        loss = self._loss(x, y, y_pred, sample_weight)
-                    return ops.cast(loss, "float32")
-
-                batch = (x, y, sample_weight)
-                if microbatch_size is None:
-                    local_matvec = make_hvp(
-                        lambda: loss_fn(batch), self.trainable_variables, mode=mode
-                    )
-                else:
-                    local_matvec = make_microbatched_hvp(
-                        loss_fn, batch, self.trainable_variables,
-                        microbatch_size, mode=mode,
-                    )
-
-                def matvec(vectors):
-                    # Each replica's loss carries a 1/num_replicas factor, so
-                    # the sum over replicas is the global-batch Hessian.
-                    return distribute.all_reduce_sum(local_matvec(vectors))
-
-                return fn(matvec)
-
-            return distribute.replica_cond(
-                pred, replica_fn, (x, y, sample_weight), default=default
-            )
-
-        return with_hessian
-
     def test_step(self, data):
         logs = super().test_step(data)
         # The method's per-step metrics describe training steps only.
@@ -825,36 +745,3 @@ def _micro_batch(optimizer):
     if not steps:
         return 0
     return ops.mod(inner._iterations, steps)
-
-
-class _FitChecks(keras.callbacks.Callback):
-    """`SharpnessAwareModel.fit`'s checks: the refresh schedule, and
-    `TerminateOnNaN` on skipped steps."""
-
-    def __init__(self, terminate_on_skip):
-        super().__init__()
-        self.terminate_on_skip = terminate_on_skip
-        self._skipped = 0.0
-
-    def on_train_begin(self, logs=None):
-        tracker = self.model.method.tracker
-        steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        if tracker is None or not steps or not epochs:
-            return  # nothing to refresh, or a data set of unknown length
-        optimizer = inner_optimizer(self.model.optimizer)
-        accumulation = getattr(optimizer, "gradient_accumulation_steps", None) or 1
-        iterations = optimizer.iterations  # a tensor under accumulation
-        first = int(ops.convert_to_numpy(getattr(iterations, "value", iterations)))
-        message = tracker.schedule_warning(first, (steps * epochs) // accumulation)
-        if message is not None:
-            warnings.warn(message, UserWarning, stacklevel=2)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._skipped = 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        skipped = float((logs or {}).get("skipped_steps", 0.0))
-        if self.terminate_on_skip and skipped > self._skipped:
-            print(f"Batch {batch}: a non-finite step was skipped, terminating training")
-            self.model.stop_training = True
-        self._skipped = skipped

@@ -59,7 +59,6 @@ and `<output_dir>/RESULTS.md` is rebuilt from every `*.md` section there;
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -76,6 +75,7 @@ from benchmark_memory import peak_mib  # noqa: E402
 from benchmark_memory import reset_peak  # noqa: E402
 from benchmark_memory import rss_mib  # noqa: E402
 from benchmark_memory import run_worker  # noqa: E402
+from benchmark_results import command_line  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
 from method_flags import parse_method_args  # noqa: E402
 
@@ -204,15 +204,6 @@ def _machine():
         "memory_gib": total,
         "platform": platform.platform(),
     }
-
-
-def _command_line():
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), _repo_root())
-    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in sys.argv[1:]])
-
-
-def _repo_root():
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _batch():
@@ -888,7 +879,7 @@ def main(argv):
     if set(FLAGS.xla_skip) - set(labels):
         sys.exit(f"--xla_skip takes kinds of step of the methods timed, {labels}; "
                  f"got {FLAGS.xla_skip}")
-    command = _command_line()
+    command = command_line()
     started, load_start = time.time(), os.getloadavg()[0]
     x, y = _batch()
     modes = _MODES[FLAGS.xla]

@@ -41,7 +41,6 @@ offline); `small_cnn` (the CNN of `scripts/benchmark_hessian.py`) and
 
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from benchmark_memory import peak_mib  # noqa: E402
 from benchmark_memory import reset_peak  # noqa: E402
 from benchmark_memory import rss_mib  # noqa: E402
 from benchmark_memory import run_worker  # noqa: E402
+from benchmark_results import command_line  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -359,14 +359,12 @@ def _memory(name):
 def _environment():
     from keras_eigensam.experiments import results
 
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__))))
     return {
         "versions": results.versions(),
         "cpu": results.cpu_name(),
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(["python", script] + [shlex.quote(a) for a in sys.argv[1:]]),
+        "command": command_line(),
     }
 
 

@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from benchmark_results import command_line  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
 from method_flags import parse_method_args  # noqa: E402
 
@@ -187,8 +188,6 @@ def _markdown(result):
 
 def main(argv):
     del argv
-    import shlex
-
     for text in FLAGS.settings:
         try:
             from keras_eigensam.methods.eigenvector_tracker import EigenvectorTracker
@@ -202,11 +201,8 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = os.path.relpath(os.path.abspath(sys.argv[0]), root)
     result = {
-        "command": " ".join(["python", shlex.quote(script)]
-                            + [shlex.quote(a) for a in sys.argv[1:]]),
+        "command": command_line(),
         "model": FLAGS.model,
         "batch_size": FLAGS.batch_size,
         "steps": FLAGS.steps,

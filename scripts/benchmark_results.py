@@ -1,6 +1,8 @@
-"""Shared by the benchmark scripts: rebuilds `benchmarks/RESULTS.md`."""
+"""Shared by the benchmark scripts: the command that ran, and `benchmarks/RESULTS.md`."""
 
 import os
+import shlex
+import sys
 
 HEADER = (
     "# Benchmark results\n\n"
@@ -20,3 +22,10 @@ def write_results_index(output_dir):
         for name in sections:
             with open(os.path.join(output_dir, name)) as section:
                 f.write(section.read().rstrip("\n") + "\n\n")
+
+
+def command_line():
+    """The command that is running, as a reader reruns it from the repository root."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), root)
+    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in sys.argv[1:]])

@@ -208,8 +208,14 @@ def hvp(loss_fn, primals, tangents, mode):
                             around a GradientTape)
     reverse_over_reverse:   gradient of <∇L, v> (a tape over the gradient)
     ```
+
+    In a graph, the passes wait for `tangents`: the forward pass does not
+    depend on them (only later operations do), and without the wait the
+    executor starts the passes of the next product of an iteration (power,
+    Lanczos) while this one runs, which keeps the activations of several
+    products alive at once.
     """
-    with exact_moments():
+    with exact_moments(), tf.control_dependencies(tangents):
         if mode == "forward_over_backward":
             with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
                 grads = gradient(loss_fn, primals)
