@@ -482,6 +482,20 @@ def test_hessian_microbatch_size_gives_the_whole_batchs_eigenpair(
     np.testing.assert_allclose(float(model.method.tracker.eigenvalue), lam, rtol=1e-4)
 
 
+def test_under_xla_a_microbatched_refresh_step_is_compiled_without_xla():
+    """XLA on CPU runs the micro-batch loop's convolution gradients ~6x
+    slower: the refresh phase's program is a graph, the others XLA."""
+    x, y = tiny.data(n=16)
+    model = _model(
+        ks.EigenSAM(refresh_every=2, num_matvecs=3, hessian_microbatch_size=4, seed=0),
+        jit_compile=True,
+    )
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert model.method.tracker.num_refreshes.numpy() == 2
+    # The private flag of each phase's `tf.function` (bit 0: refresh due).
+    assert {b: p._jit_compile for b, p in model._phase_programs.items()} == {0: True, 1: False}
+
+
 def test_hessian_batch_size_on_two_replicas_takes_each_shards_first_examples(
     mirrored_strategy,
 ):
