@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_eigensam.methods.context import StepContext
+
 RTOL, ATOL = 1e-5, 1e-6  # float32 Keras step vs float64 NumPy reference
 
 
@@ -69,3 +71,37 @@ def max_difference(a, b):
 def fit_steps(model, x, y, batch_size, steps, **kwargs):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).take(steps)
     return model.fit(ds, epochs=1, verbose=0, **kwargs)
+
+
+def eager_context(model, grads, optimizer, step=0):
+    """A `StepContext` of one eager step of `model` (a `SharpnessAwareModel`)
+    at its current weights with first-pass gradients `grads`, loss 1, one
+    replica and no second pass, Hessian or collective: what a method's
+    perturbation and metrics read, without a train step."""
+    variables = model.trainable_variables
+    return StepContext(
+        step=tf.constant(step, "int64"),
+        loss=tf.constant(1.0),
+        variables=variables,
+        weights=[v.value for v in variables],
+        grads=[tf.constant(g, "float32") for g in grads],
+        is_normalization=model._normalization_flags(variables),
+        optimizer=optimizer,
+        num_replicas=1,
+        gradient_at=None,
+        with_hessian=None,
+        all_reduce_mean=None,
+        cond=None,
+    )
+
+
+def assert_trains_keeping_float32_state(history, variables):
+    """Under a mixed policy: the logged loss is finite and falls, and every
+    variable in `variables` (weights, slots, method state) is float32 (or an
+    integer counter) and finite."""
+    loss = history.history["loss"]
+    assert np.isfinite(loss).all(), loss
+    assert loss[-1] < loss[0], loss
+    for variable in variables:
+        assert variable.dtype in ("float32", "int64", "int32"), variable.path
+        assert np.isfinite(np.array(variable)).all(), variable.path

@@ -271,8 +271,14 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
     first has the static size `size`, and the first is computed before the
     loop, as XLA needs static shapes.
     """
+    batch = tf.nest.map_structure(
+        lambda t: None if t is None else tf.convert_to_tensor(t), batch
+    )
     leaves = [t for t in tf.nest.flatten(batch) if t is not None]
     n = tf.shape(leaves[0])[0]
+    # A micro-batch larger than the batch is the batch (a constant of the
+    # shapes, so XLA still sees a static size).
+    size = tf.minimum(size, n)
     count = (n + size - 1) // size
     first = n - (count - 1) * size
     dtype = primals[0].dtype
@@ -292,9 +298,14 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
         initial = weighted(part(0, first), first, tangents)
 
         def body(index, accumulated):
-            start = first + index * size
-            piece = tf.nest.map_structure(lambda t: _rows(t, start, size), batch)
-            products = weighted(piece, size, tangents)
+            # Waits for the previous micro-batch: without the wait the
+            # executor starts this forward pass (it depends only on `index`)
+            # while the previous one runs, and two micro-batches' activations
+            # are alive at once (measured: more than the whole batch's).
+            with tf.control_dependencies(accumulated):
+                start = first + index * size
+                piece = tf.nest.map_structure(lambda t: _rows(t, start, size), batch)
+                products = weighted(piece, size, tangents)
             return index + 1, [a + p for a, p in zip(accumulated, products)]
 
         _, result = tf.while_loop(
@@ -309,11 +320,14 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
 
 
 def _rows(tensor, start, size):
-    """`size` rows of `tensor` from `start`, a static `size` (XLA's dynamic slice)."""
+    """`size` rows of `tensor` from `start` (`size` a constant of the shapes
+    under XLA: a dynamic slice of static size)."""
     if tensor is None:
         return None
     rest = tensor.shape.rank - 1
-    return tf.slice(tensor, tf.stack([start] + [0] * rest), [size] + [-1] * rest)
+    return tf.slice(
+        tensor, tf.stack([start] + [0] * rest), tf.stack([size] + [-1] * rest)
+    )
 
 
 def value_and_gradient(fn, values):

@@ -158,6 +158,35 @@ def test_hvp_compiles_with_xla():
     np.testing.assert_allclose(flatten(op.matvec(v)), reference, **tolerance)
 
 
+@pytest.mark.parametrize("size", [7, 24, 100])
+def test_microbatched_hvp_is_the_whole_batchs_product(float64, size):
+    """24 examples in micro-batches of 7 (3 + 7 + 7 + 7: a smaller first
+    one), of 24 (one) and of 100 (one, the whole batch), with a weight
+    regulariser and BatchNormalization in inference mode: H·v of the mean
+    loss, against central differences of exact gradients, in both modes,
+    traced and under XLA."""
+    model = mlp("tanh", batchnorm=True)
+    x, y = classification_data(n=24)
+    variables = model.trainable_variables
+    v = random_vectors(variables)
+    expected = fd_hvp(exact_gradient(model, x, y), [w.value for w in variables], v)
+    tolerance = dict(rtol=1e-6, atol=1e-6 * np.max(np.abs(expected)))
+
+    def loss_fn(part):
+        return model_loss_fn(model, *part)()
+
+    for mode in MODES:
+        matvec = hessian.make_microbatched_hvp(loss_fn, (x, y), variables, size, mode)
+        np.testing.assert_allclose(flatten(matvec(v)), expected, err_msg=mode, **tolerance)
+        traced = tf.function(
+            lambda v, mode=mode: hessian.make_microbatched_hvp(
+                loss_fn, (tf.constant(x), tf.constant(y)), variables, size, mode
+            )(v),
+            jit_compile=mode == "reverse_over_reverse",
+        )
+        np.testing.assert_allclose(flatten(traced(v)), expected, err_msg=mode, **tolerance)
+
+
 def test_bad_functional_arguments_raise_naming_the_argument():
     w = tf.Variable([1.0, 2.0])
     loss_fn = lambda: tf.reduce_sum(w**2)  # noqa: E731
@@ -173,3 +202,7 @@ def test_bad_functional_arguments_raise_naming_the_argument():
         hessian.make_hvp(loss_fn, [w], mode="exact")
     with pytest.raises(ValueError, match="`variables` must not be empty"):
         hessian.make_hvp(loss_fn, [])
+    with pytest.raises(
+        ValueError, match="`microbatch_size` must be an integer >= 1. Received: microbatch_size=0"
+    ):
+        hessian.make_microbatched_hvp(lambda part: loss_fn(), (tf.ones(2),), [w], 0)

@@ -32,12 +32,11 @@ gradient with a zero Hessian for every method, with its default tracker, is
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 import keras_eigensam as ks
 from keras_eigensam.methods import registry
-from keras_eigensam.methods.context import StepContext
+from tests import tiny
 
 RHO, ALPHA, LR = 0.3, 0.5, 0.1
 #: Lanczos is exact in two dimensions after two products; power iteration
@@ -226,21 +225,7 @@ def test_methods_that_only_track_the_eigenvector_log_finite_metrics():
         tracker.vector[0].assign([1.0, 0.0])
         for grads, eigenvalue in (([0.0, 1.0], 0.0), ([0.0, 0.0], -2.0), ([0.0, 2.0], -3.0)):
             tracker.eigenvalue.assign(eigenvalue)
-            variables = model.trainable_variables
-            context = StepContext(
-                step=tf.constant(1, "int64"),
-                loss=tf.constant(1.0),
-                variables=variables,
-                weights=[v.value for v in variables],
-                grads=[tf.constant(grads, "float32")],
-                is_normalization=[False],
-                optimizer=optimizer,
-                num_replicas=1,
-                gradient_at=None,
-                with_hessian=None,
-                all_reduce_mean=None,
-                cond=None,
-            )
+            context = tiny.eager_context(model, [grads], optimizer, step=1)
             e = np.array(model.method.step_perturbation(context)[0], "float64")
             logs = {k: float(v) for k, v in model.method.step_metrics(context).items()}
             where = f"{name} at g={grads}, λ={eigenvalue}: {logs}, e={e}"
