@@ -133,6 +133,12 @@ flags.DEFINE_boolean("memory_xla", False, "Measure the step memory with XLA (def
 flags.DEFINE_integer(
     "memory_warmup", 1, "Untimed steps before the memory is measured (at least 1).", lower_bound=1
 )
+flags.DEFINE_boolean(
+    "memory_only", False,
+    "Only measure the peak step memory again, of the methods in "
+    "<output_dir>/<output_name>.json, and rewrite it (after a change that moves "
+    "memory, not time); the file records when and by which command.",
+)
 flags.DEFINE_boolean("tf_keras", True, "Also time tf_keras's SAM in a subprocess.")
 flags.DEFINE_string("output_dir", "benchmarks", "Where results are written.")
 flags.DEFINE_string("output_name", "steps", "Results go to <output_dir>/<output_name>.{json,md}.")
@@ -715,6 +721,13 @@ def _markdown(result):
             "(activations, gradients, perturbed weights, HVP buffers; weights and optimizer "
             "state excluded); the largest over the method's kinds of step.",
         ]
+        again = result.get("memory_remeasured")
+        if again:
+            lines += [
+                "",
+                f"Memory of {', '.join(f'`{m}`' for m in again['methods'])} measured "
+                f"again on {again['date']}, after the times, by `{again['command']}`.",
+            ]
     if result["expectations"]:
         lines += [
             "",
@@ -839,10 +852,25 @@ def main(argv):
     if FLAGS.worker == "memory":
         _memory_worker()
         return
-    if FLAGS.markdown_only:
+    if FLAGS.markdown_only or FLAGS.memory_only:
         path = os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json")
         with open(path) as f:
             result = json.load(f)
+        if FLAGS.memory_only:
+            for name in _MODEL_FLAGS:  # the model and batch of the timed run
+                if name in result:
+                    FLAGS[name].value = result[name]
+            memory, notes = _memory(FLAGS.memory_methods or result["methods"])
+            result["memory"] = {**result.get("memory", {}), **memory}
+            result["memory_notes"] = {**result.get("memory_notes", {}), **notes}
+            result.update(
+                memory_xla=FLAGS.memory_xla, memory_warmup=FLAGS.memory_warmup,
+                memory_remeasured={
+                    "command": command_line(),
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "methods": FLAGS.memory_methods or result["methods"],
+                },
+            )
         result["headline"] = _headline(result)
         result["noise"] = _noise(result)
         result["expectations"] = _expectations(result["headline"], result["noise"])
