@@ -459,7 +459,7 @@ def test_hessian_batch_size_refreshes_on_the_first_examples(exact):
 
 @pytest.mark.parametrize(
     "microbatch, jit_compile, hessian_batch_size",
-    [(5, False, None), (5, True, None), (1, False, None), (2, False, 6)],
+    [(5, False, None), (5, True, None), (2, False, 6)],
 )
 def test_hessian_microbatch_size_gives_the_whole_batchs_eigenpair(
     exact, microbatch, jit_compile, hessian_batch_size
