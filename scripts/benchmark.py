@@ -918,6 +918,7 @@ def main(argv):
         "model": FLAGS.model,
         "batch_size": FLAGS.batch_size,
         "input_shape": FLAGS.input_shape,
+        "num_classes": FLAGS.num_classes,
         "optimizer": "SGD(0.01, momentum=0.9)",
         "methods": names,
         "rounds": FLAGS.rounds,

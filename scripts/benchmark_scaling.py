@@ -5,7 +5,7 @@ size, timing at least `sgd`, `sam` and `eigensam`), and writes one table of
 their costs and, for every pair of results that differ in one thing only,
 the exponent `b` of each cost's growth `cost ∝ size^b`:
 `b = log(cost₂/cost₁) / log(size₂/size₁)`, where the size is the batch size
-(same model) or the parameter count (same batch size). A cost that doubles
+(same network) or the parameter count (same batch size). A cost that doubles
 with the batch has `b = 1`; `b < 1` means the machine is used better at the
 larger size. Costs: the SGD and SAM steps, the extra time of an Eigen-SAM
 refresh step over its plain step, and the peak step memory of SAM and of a
@@ -65,6 +65,7 @@ def row(name, result, parameters):
     out = {
         "input": name,
         "model": result["model"],
+        "input_shape": list(result["input_shape"]),
         "batch_size": result["batch_size"],
         "num_parameters": parameters,
         "modes": {},
@@ -95,14 +96,17 @@ def _cost(r, mode, key):
 
 
 def exponents(rows):
-    """For each pair differing in batch size only or in model only: the
-    exponent of each cost against that size, per XLA mode."""
+    """For each pair differing in batch size only (same network) or in
+    parameter count only (same batch size): the exponent of each cost
+    against that size, per XLA mode."""
     out = []
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
-            if a["model"] == b["model"] and a["batch_size"] != b["batch_size"]:
+            same_net = (a["model"], a["input_shape"]) == (b["model"], b["input_shape"])
+            if same_net and a["batch_size"] != b["batch_size"]:
                 against, x1, x2 = "batch size", a["batch_size"], b["batch_size"]
-            elif a["model"] != b["model"] and a["batch_size"] == b["batch_size"]:
+            elif (a["batch_size"] == b["batch_size"]
+                  and a["num_parameters"] != b["num_parameters"]):
                 against, x1, x2 = "parameters", a["num_parameters"], b["num_parameters"]
             else:
                 continue
@@ -132,7 +136,8 @@ def markdown(result):
         "From the step benchmarks " + ", ".join(f"`{r['input']}`" for r in result["rows"])
         + " (medians of interleaved rounds, each in its own run; memory without XLA, "
         "a fresh process per method). Exponent `b` of `cost ∝ size^b` between two "
-        "results that differ in batch size only or in model only: 1 = proportional.",
+        "results that differ in batch size only or in parameter count only: "
+        "1 = proportional.",
         "",
         f"`{result['command']}`",
         "",
@@ -178,7 +183,7 @@ def main(argv):
                 f"--inputs: {name}.json did not time {sorted(missing)}; every input "
                 "needs at least sgd and sam (and eigensam for the refresh)."
             )
-        key = (result["model"], tuple(result["input_shape"]))
+        key = (result["model"], tuple(result["input_shape"]), result.get("num_classes", 10))
         if key not in parameters:
             parameters[key] = num_parameters(*key)
         rows.append(row(name, result, parameters[key]))

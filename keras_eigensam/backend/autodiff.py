@@ -284,10 +284,8 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
     dtype = primals[0].dtype
     total = tf.cast(n, dtype)
 
-    def part(start, length):
-        return tf.nest.map_structure(
-            lambda t: None if t is None else t[start : start + length], batch
-        )
+    def rows(start, length):
+        return tf.nest.map_structure(lambda t: _rows(t, start, length), batch)
 
     def weighted(part_batch, examples, tangents):
         products = hvp(lambda: loss_fn(part_batch), primals, tangents, mode)
@@ -295,7 +293,7 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
         return [weight * p for p in products]
 
     def matvec(tangents):
-        initial = weighted(part(0, first), first, tangents)
+        initial = weighted(rows(0, first), first, tangents)
 
         def body(index, accumulated):
             # Waits for the previous micro-batch: without the wait the
@@ -303,9 +301,7 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
             # while the previous one runs, and two micro-batches' activations
             # are alive at once (measured: more than the whole batch's).
             with tf.control_dependencies(accumulated):
-                start = first + index * size
-                piece = tf.nest.map_structure(lambda t: _rows(t, start, size), batch)
-                products = weighted(piece, size, tangents)
+                products = weighted(rows(first + index * size, size), size, tangents)
             return index + 1, [a + p for a, p in zip(accumulated, products)]
 
         _, result = tf.while_loop(
@@ -321,7 +317,7 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
 
 def _rows(tensor, start, size):
     """`size` rows of `tensor` from `start` (`size` a constant of the shapes
-    under XLA: a dynamic slice of static size)."""
+    under XLA: a dynamic slice of static size); `None` stays `None`."""
     if tensor is None:
         return None
     rest = tensor.shape.rank - 1
