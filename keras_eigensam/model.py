@@ -1,6 +1,5 @@
 """`SharpnessAwareModel`: a `keras.Model` whose `train_step` is a SAM-family update."""
 
-import functools
 import inspect
 
 import keras
@@ -9,16 +8,15 @@ from keras import ops
 
 from keras_eigensam import batch_loss
 from keras_eigensam import linalg
+from keras_eigensam import phases
 from keras_eigensam import validation
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import autodiff
-from keras_eigensam.backend import tracing
 from keras_eigensam.fit_checks import FitChecks
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
 from keras_eigensam.methods.context import inner_optimizer
-from keras_eigensam.methods.context import schedule_due
 from keras_eigensam.methods.sam import SAM
 from keras_eigensam.methods.wsam import WSAM
 
@@ -427,21 +425,12 @@ class SharpnessAwareModel(keras.Model):
         """Keras's train function; under XLA, one program per phase.
 
         With `jit_compile=True` on one device, a method whose step branches
-        on schedules (an eigenvector refresh every `refresh_every` steps,
-        LookSAM's SAM step every `k`, an `interval`) gets one XLA program
-        per combination of its `schedules()` that occurs, each with its
-        branches decided while tracing, and a graph conditional outside XLA
-        picks the program for the step: XLA on CPU runs the convolution
-        gradients inside a conditional 5–50× slower than outside one (an
-        in-step refresh of a ResNet took minutes). The step computed is the
-        same; a program is compiled the first time its phase occurs. A
-        refresh step whose Hessian products loop over micro-batches
-        (`hessian_microbatch_size`) is compiled without XLA, which runs
-        convolution gradients inside a loop slowly too.
-        Under a `tf.distribute` strategy (where Keras turns XLA off by
-        default) the step is one program, with its conditionals inside;
-        with several devices in one process (MirroredStrategy) XLA is
-        refused: one program cannot use variables on several devices.
+        on schedules gets one XLA program per phase (see
+        `keras_eigensam.phases`). Under a `tf.distribute` strategy (where
+        Keras turns XLA off by default) the step is one program, with its
+        conditionals inside; with several devices in one process
+        (MirroredStrategy) XLA is refused: one program cannot use variables
+        on several devices.
         """
         if self.train_function is not None and not force:
             return self.train_function
@@ -458,7 +447,7 @@ class SharpnessAwareModel(keras.Model):
                 f"over {devices} devices; compile with `jit_compile=False`."
             )
         self._phase_programs = None
-        if not self._compiles_phases():
+        if not phases.compiled_by_phase(self):
             return super().make_train_function(force)
         self._phase_programs = {}
         jit_compile = self._jit_compile
@@ -468,60 +457,11 @@ class SharpnessAwareModel(keras.Model):
         finally:
             self._jit_compile = jit_compile
 
-    def _phase_schedules(self):
-        """The method's schedules that vary from step to step here."""
-        accumulating = (
-            getattr(inner_optimizer(self.optimizer), "gradient_accumulation_steps", None)
-            or 1
-        ) > 1
-        return sorted(
-            (period, first and accumulating)
-            for period, first in self.method.schedules()
-            if period != 1 or (first and accumulating)
-        )
-
-    def _compiles_phases(self):
-        return (
-            bool(self.jit_compile)
-            and not self.run_eagerly
-            and self._distribute_strategy is None
-            and (bool(self._phase_schedules()) or self._loops_over_microbatches({}))
-        )
-
-    def _loops_over_microbatches(self, phase):
-        """Whether a step of `phase` refreshes the eigenvector over
-        micro-batches (`hessian_microbatch_size`), a `tf.while_loop` of
-        convolution gradients, which XLA on CPU runs about 6× slower than
-        TensorFlow does (measured on small_cnn): such a step is compiled
-        without XLA."""
-        tracker = self.method.tracker
-        if tracker is None or tracker.hessian_microbatch_size is None:
-            return False
-        return tracker.refresh_every == 1 or any(
-            due for (period, _), due in phase.items() if period == tracker.refresh_every
-        )
-
     def train_step(self, data):
         self._prepare_step(data)
         if getattr(self, "_phase_programs", None) is None:
             return self._train_step(data)
-        schedules = self._phase_schedules()
-        step, micro_batch = self.optimizer.iterations, _micro_batch(self.optimizer)
-        index = 0
-        for i, schedule in enumerate(schedules):
-            due = schedule_due(step, micro_batch, *schedule)
-            index += (2**i) * ops.cast(due, "int32")
-
-        def program(bits):
-            if bits not in self._phase_programs:
-                phase = {s: bool(bits >> i & 1) for i, s in enumerate(schedules)}
-                self._phase_programs[bits] = tracing.function(
-                    functools.partial(self._train_step, phase=phase),
-                    jit_compile=not self._loops_over_microbatches(phase),
-                )
-            return functools.partial(self._phase_programs[bits], data)
-
-        return tracing.switch(index, [program(b) for b in range(2 ** len(schedules))])
+        return phases.run(self, data, self._phase_programs, self._train_step)
 
     def _prepare_step(self, data):
         if not (self._weights_exist() and self.optimizer.built):
@@ -591,7 +531,7 @@ class SharpnessAwareModel(keras.Model):
 
         context = StepContext(
             step=self.optimizer.iterations,
-            micro_batch=_micro_batch(self.optimizer),
+            micro_batch=phases.micro_batch(self.optimizer),
             loss=None,
             variables=variables,
             weights=weights,
@@ -749,15 +689,3 @@ def _scaled(xs, factor):
     if isinstance(factor, (int, float)) and factor == 1.0:
         return xs
     return linalg.scale(xs, factor)
-
-
-def _micro_batch(optimizer):
-    """This batch's position in its optimizer step's window: `0` without
-    gradient accumulation; with it, the number of micro-batches the
-    optimizer has accumulated since its last update (skipped batches never
-    reach the optimizer, so they are not counted)."""
-    inner = inner_optimizer(optimizer)
-    steps = getattr(inner, "gradient_accumulation_steps", None)
-    if not steps:
-        return 0
-    return ops.mod(inner._iterations, steps)
