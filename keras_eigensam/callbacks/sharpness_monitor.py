@@ -2,6 +2,7 @@
 
 from keras_eigensam.callbacks.base import EPOCH
 from keras_eigensam.callbacks.base import ScheduledMonitor
+from keras_eigensam.hessian import data as hessian_data
 from keras_eigensam.hessian import probe
 from keras_eigensam.hessian.sharpness import SHARPNESS_MEASURES
 from keras_eigensam.hessian.sharpness import check_sharpness_arguments
@@ -122,7 +123,7 @@ class SharpnessMonitor(ScheduledMonitor):
             self.seed,
         ) = check_sharpness_arguments(rho, measures, num_samples, ascent_steps, step_size, seed)
         self.loss = probe.check_loss(loss)
-        self._batches = probe.read_batches(data)
+        self._batches = hessian_data.read_batches(data)
         self.keys = [f"sharpness_{m}" for m in self.measures]
         super().__init__(every, log_dir, every_n_epochs)
 

@@ -20,11 +20,11 @@ Two layers:
    estimator's budget is `num_matvecs`, the number of products it computes.
 
 Modules: `hvp.py`, `power_iteration.py`, `lanczos.py`, `trace.py`,
-`density.py`, `data.py` (`CurvatureData`: the batches, in memory or
-streamed), `operator.py` (`CurvatureOperator`), `eigenpairs.py` (what
+`density.py`, `data.py` (`read_batches`, and `CurvatureData`: the
+batches, in memory or streamed), `operator.py` (`CurvatureOperator`), `eigenpairs.py` (what
 `top_eigenpairs` returns and its power-iteration route),
 `hessian_operator.py`, `ggn.py`, `fisher.py`, `sharpness.py`, and
-`probe.py` (probe data and the loss on it, shared with
+`probe.py` (the loss on probe data, shared with
 `keras_eigensam.callbacks`). The functions
 `hvp`, `power_iteration` and `sharpness` are re-exported under the names of
 their modules, so `keras_eigensam.hessian.hvp` is the function; import from
@@ -37,6 +37,7 @@ for any model without copying its weights.
 """
 
 from keras_eigensam.hessian.data import CurvatureData
+from keras_eigensam.hessian.data import read_batches
 from keras_eigensam.hessian.density import spectral_density
 from keras_eigensam.hessian.fisher import EmpiricalFisherOperator
 from keras_eigensam.hessian.ggn import GGNOperator
@@ -54,7 +55,6 @@ from keras_eigensam.hessian.hessian_operator import HessianOperator
 from keras_eigensam.hessian.power_iteration import deflated_power_iteration
 from keras_eigensam.hessian.power_iteration import power_iteration
 from keras_eigensam.hessian.probe import ProbeLoss
-from keras_eigensam.hessian.probe import read_batches
 from keras_eigensam.hessian.sharpness import SHARPNESS_MEASURES
 from keras_eigensam.hessian.sharpness import random_unit_directions
 from keras_eigensam.hessian.sharpness import sharpness
@@ -86,6 +86,7 @@ __all__ = [
     "hvp",
     "lanczos_eigenpairs",
     "make_hvp",
+    "make_microbatched_hvp",
     "power_iteration",
     "random_unit_directions",
     "read_batches",

@@ -1,5 +1,6 @@
 """The data a curvature operator is defined on: kept in memory or streamed.
 
+`read_batches` reads a probe set once into batches of tensors;
 `CurvatureData` turns what a user passes as `data` into the batches one
 pass over the data set reads, and guarantees that every pass reads the same
 batches: an operator must be the same linear map at every product.
@@ -7,10 +8,105 @@ batches: an operator must be the same linear map at every product.
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_eigensam import validation
 from keras_eigensam.backend import replicas
-from keras_eigensam.hessian import probe
+
+
+def num_examples(x):
+    """Number of examples in `x` (a tensor or a structure of tensors)."""
+    return int(keras.tree.flatten(x)[0].shape[0])
+
+
+def read_batches(data):
+    """Reads probe `data` once into a list of `{"x", "y"[, "sample_weight"]}`.
+
+    `data` is one batch `(x, y)` / `(x, y, sample_weight)` (a tuple), or a
+    `tf.data.Dataset` or other iterable of such batches (batches this
+    function returned are kept as they are). The batches are kept as
+    tensors, so every later measurement sees the same examples.
+
+    Args:
+        data: The probe set, as above.
+
+    Returns:
+        A list of dicts with tensors under `"x"`, `"y"` and, when given,
+        `"sample_weight"`.
+
+    Raises:
+        TypeError: if `data` is none of these, or already distributed.
+        ValueError: if a batch is malformed, has no targets or no examples,
+            or there is no batch.
+
+    Example:
+
+    ```python
+    batches = read_batches((x[:128], y[:128]))
+    ```
+    """
+    if replicas.is_distributed_dataset(data):
+        raise TypeError(
+            "`data` must not be distributed already: pass the undistributed "
+            "`tf.data.Dataset`; every batch is split over the replicas where "
+            "needed."
+        )
+    if isinstance(data, tuple):
+        raw_batches = [data]
+    elif hasattr(data, "__iter__") and not isinstance(data, (dict, str, np.ndarray)):
+        raw_batches = data
+    else:
+        raise TypeError(
+            "`data` must be one batch `(x, y)` or `(x, y, sample_weight)` (a "
+            "tuple), or a `tf.data.Dataset` or iterable of such batches. "
+            f"Received: data of type {type(data).__name__}"
+        )
+    batches = [read_batch(raw, index) for index, raw in enumerate(raw_batches)]
+    if not batches:
+        raise ValueError(
+            "`data` must not be empty: it must contain at least one batch. "
+            f"Received: a {type(data).__name__} with 0 batches"
+        )
+    return batches
+
+
+def read_batch(raw, index=0):
+    """One batch `(x, y)` / `(x, y, sample_weight)` as a dict of tensors.
+
+    A dict with `"x"` and `"y"` (a batch read already) is returned as it is.
+
+    Raises:
+        ValueError: naming batch `index`, if the batch is malformed, has no
+            targets or no examples.
+    """
+    if isinstance(raw, dict) and {"x", "y"} <= set(raw):
+        return raw
+    if not isinstance(raw, (tuple, list)) or len(raw) not in (2, 3):
+        length = f" with {len(raw)} elements" if isinstance(raw, (tuple, list)) else ""
+        raise ValueError(
+            "Every batch of `data` must be `(x, y)` or `(x, y, "
+            f"sample_weight)`. Received: batch {index} of type "
+            f"{type(raw).__name__}{length}. Pass a single batch as a "
+            "tuple, not a list."
+        )
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(raw))
+    if y is None:
+        raise ValueError(
+            f"Every batch of `data` needs targets `y`. Received: batch "
+            f"{index} with y=None"
+        )
+    batch = {
+        "x": keras.tree.map_structure(ops.convert_to_tensor, x),
+        "y": keras.tree.map_structure(ops.convert_to_tensor, y),
+    }
+    if sample_weight is not None:
+        batch["sample_weight"] = ops.convert_to_tensor(sample_weight)
+    if num_examples(batch["x"]) == 0:
+        raise ValueError(
+            "`data` must not be empty: every batch needs at least one "
+            f"example. Received: batch {index} of `data` with 0 examples"
+        )
+    return batch
 
 
 class CurvatureData:
@@ -80,13 +176,13 @@ class CurvatureData:
                     f"Received: batch_size={batch_size} with data of type "
                     f"{type(data).__name__}"
                 )
-            self._batches = _split(probe.read_batch(data), batch_size)
+            self._batches = _split(read_batch(data), batch_size)
         elif isinstance(data, (tuple, list)) or _is_iterator(data):
-            self._batches = probe.read_batches(data)
+            self._batches = read_batches(data)
         elif hasattr(data, "__iter__") and not isinstance(data, (dict, str, np.ndarray)):
             self._source = data
         else:
-            probe.read_batches(data)  # raises its TypeError
+            read_batches(data)  # raises its TypeError
         self.streamed = self._source is not None
         fingerprints = [_fingerprint(batch) for batch in self]
         if not fingerprints:
@@ -119,7 +215,7 @@ class CurvatureData:
             yield from self._batches
             return
         for index, raw in enumerate(self._source):
-            yield probe.read_batch(raw, index)
+            yield read_batch(raw, index)
 
     def first(self):
         """The first batch (to build a model)."""
@@ -131,7 +227,7 @@ def _is_iterator(data):
 
 
 def _split(batch, batch_size):
-    n = probe.batch_size(batch["x"])
+    n = num_examples(batch["x"])
     batches = []
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -151,7 +247,7 @@ def _fingerprint(batch):
     ys = [np.asarray(t, dtype=np.float64) for t in _leaves(batch["y"])]
     ws = [np.asarray(batch["sample_weight"], dtype=np.float64)] if "sample_weight" in batch else []
     return np.array(
-        [probe.batch_size(batch["x"])]
+        [num_examples(batch["x"])]
         + [sum(float(a.sum()) for a in xs), sum(float((a * a).sum()) for a in xs)]
         + [sum(float(a.sum()) for a in ys), sum(float((a * a).sum()) for a in ys)]
         + [sum(float(a.sum()) for a in ws)]

@@ -7,6 +7,8 @@ does. Vectors are lists of tensors shaped like the variables (see
 `keras_eigensam.linalg`), never one concatenated vector.
 """
 
+import keras
+
 from keras_eigensam import validation
 from keras_eigensam.backend import autodiff
 
@@ -211,7 +213,7 @@ def make_microbatched_hvp(
 
     Raises:
         ValueError, TypeError: as `hvp`, or if `microbatch_size` is not an
-            integer >= 1.
+            integer >= 1 or `batch` holds no tensor with a leading axis.
 
     Example:
 
@@ -228,6 +230,13 @@ def make_microbatched_hvp(
     validation.check_callable("loss_fn", loss_fn, "a function of a part of the batch returning its loss")
     validation.check_choice("mode", mode, HVP_MODES)
     microbatch_size = validation.check_int("microbatch_size", microbatch_size, minimum=1)
+    leaves = [t for t in keras.tree.flatten(batch) if t is not None]
+    if not leaves or any(len(getattr(t, "shape", ())) == 0 for t in leaves):
+        raise ValueError(
+            "`batch` must be a structure of tensors (or `None`s) with a leading "
+            "axis of examples, at least one of them a tensor. Received: "
+            f"batch={batch!r}"
+        )
     primals = autodiff.primals(variables)
     matvec = autodiff.microbatched_hvp(loss_fn, batch, primals, mode, microbatch_size)
     return lambda vectors: matvec(autodiff.tangents(vectors, primals))

@@ -27,8 +27,6 @@ memory; at the default `tol` it stopped after 6–14 products where
 `tol=None` spends 30.
 """
 
-import collections
-
 import keras
 import numpy as np
 from keras import ops
@@ -38,6 +36,7 @@ from keras_eigensam import validation
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import replicas
 from keras_eigensam.backend import tracing
+from keras_eigensam.hessian import data as data_lib
 from keras_eigensam.hessian import eigenpairs
 from keras_eigensam.hessian import probe
 from keras_eigensam.hessian.data import CurvatureData
@@ -266,7 +265,7 @@ class CurvatureOperator:
 
     def _split(self, batch):
         """`batch` as one shard per replica (a distributed value)."""
-        return replicas.split_batch(self._strategy, batch, probe.batch_size(batch["x"]))
+        return replicas.split_batch(self._strategy, batch, data_lib.num_examples(batch["x"]))
 
     def _weighted_product(self, batch, vectors):
         """`(n · M_b·v, n)` for one batch (or one replica's shard)."""

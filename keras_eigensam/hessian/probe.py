@@ -1,7 +1,8 @@
 """The probe set and the loss measured on it.
 
-What the Hessian tools and the curvature callbacks share: reading probe data
-once (`read_batches`), resolving the loss to measure (`resolve_loss`),
+What the Hessian tools and the curvature callbacks share (the batches
+themselves are read by `keras_eigensam.hessian.data`): resolving the loss to
+measure (`resolve_loss`),
 reducing it like Keras (`mean_loss`), evaluating it at any weight values
 without writing a variable (`model_loss`), lists of tensors shaped like
 the weights (`check_vectors`, and flat NumPy views: `flatten`, `unflatten`),
@@ -18,107 +19,10 @@ from keras_eigensam import validation
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import replicas
 from keras_eigensam.backend import tracing
+from keras_eigensam.hessian import data as data_lib
 
 #: Loss reductions whose result is a scalar.
 REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "sum")
-
-
-# ------------------------------------------------------------------- data
-
-
-def batch_size(x):
-    """Number of examples in `x` (a tensor or a structure of tensors)."""
-    return int(keras.tree.flatten(x)[0].shape[0])
-
-
-def read_batches(data):
-    """Reads probe `data` once into a list of `{"x", "y"[, "sample_weight"]}`.
-
-    `data` is one batch `(x, y)` / `(x, y, sample_weight)` (a tuple), or a
-    `tf.data.Dataset` or other iterable of such batches (batches this
-    function returned are kept as they are). The batches are kept as
-    tensors, so every later measurement sees the same examples.
-
-    Args:
-        data: The probe set, as above.
-
-    Returns:
-        A list of dicts with tensors under `"x"`, `"y"` and, when given,
-        `"sample_weight"`.
-
-    Raises:
-        TypeError: if `data` is none of these, or already distributed.
-        ValueError: if a batch is malformed, has no targets or no examples,
-            or there is no batch.
-
-    Example:
-
-    ```python
-    batches = read_batches((x[:128], y[:128]))
-    ```
-    """
-    if replicas.is_distributed_dataset(data):
-        raise TypeError(
-            "`data` must not be distributed already: pass the undistributed "
-            "`tf.data.Dataset`; every batch is split over the replicas where "
-            "needed."
-        )
-    if isinstance(data, tuple):
-        raw_batches = [data]
-    elif hasattr(data, "__iter__") and not isinstance(data, (dict, str, np.ndarray)):
-        raw_batches = data
-    else:
-        raise TypeError(
-            "`data` must be one batch `(x, y)` or `(x, y, sample_weight)` (a "
-            "tuple), or a `tf.data.Dataset` or iterable of such batches. "
-            f"Received: data of type {type(data).__name__}"
-        )
-    batches = [read_batch(raw, index) for index, raw in enumerate(raw_batches)]
-    if not batches:
-        raise ValueError(
-            "`data` must not be empty: it must contain at least one batch. "
-            f"Received: a {type(data).__name__} with 0 batches"
-        )
-    return batches
-
-
-def read_batch(raw, index=0):
-    """One batch `(x, y)` / `(x, y, sample_weight)` as a dict of tensors.
-
-    A dict with `"x"` and `"y"` (a batch read already) is returned as it is.
-
-    Raises:
-        ValueError: naming batch `index`, if the batch is malformed, has no
-            targets or no examples.
-    """
-    if isinstance(raw, dict) and {"x", "y"} <= set(raw):
-        return raw
-    if not isinstance(raw, (tuple, list)) or len(raw) not in (2, 3):
-        length = f" with {len(raw)} elements" if isinstance(raw, (tuple, list)) else ""
-        raise ValueError(
-            "Every batch of `data` must be `(x, y)` or `(x, y, "
-            f"sample_weight)`. Received: batch {index} of type "
-            f"{type(raw).__name__}{length}. Pass a single batch as a "
-            "tuple, not a list."
-        )
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(raw))
-    if y is None:
-        raise ValueError(
-            f"Every batch of `data` needs targets `y`. Received: batch "
-            f"{index} with y=None"
-        )
-    batch = {
-        "x": keras.tree.map_structure(ops.convert_to_tensor, x),
-        "y": keras.tree.map_structure(ops.convert_to_tensor, y),
-    }
-    if sample_weight is not None:
-        batch["sample_weight"] = ops.convert_to_tensor(sample_weight)
-    if batch_size(batch["x"]) == 0:
-        raise ValueError(
-            "`data` must not be empty: every batch needs at least one "
-            f"example. Received: batch {index} of `data` with 0 examples"
-        )
-    return batch
 
 
 # ------------------------------------------------------------------- loss
@@ -428,7 +332,7 @@ class ProbeLoss:
 
     Raises:
         TypeError: if `data` or `loss` has the wrong type.
-        ValueError: as `read_batches` and `resolve_loss`, or if the model
+        ValueError: as `data.read_batches` and `resolve_loss`, or if the model
             has no trainable weights.
 
     Example:
@@ -446,7 +350,7 @@ class ProbeLoss:
             self.batches = data  # a `CurvatureData`, maybe streamed
             first = data.first()
         else:
-            self.batches = read_batches(data)
+            self.batches = data_lib.read_batches(data)
             first = self.batches[0]
         if not model.built:
             # Building creates the weights; inference mode writes no state.
@@ -461,7 +365,7 @@ class ProbeLoss:
             )
         self.loss = resolve_loss(loss, model)
         self.num_examples = getattr(data, "num_examples", None) or sum(
-            batch_size(b["x"]) for b in self.batches
+            data_lib.num_examples(b["x"]) for b in self.batches
         )
         self._value_fn = None
         self._gradient_fn = None
@@ -483,7 +387,7 @@ class ProbeLoss:
         values = self.weights() if values is None else values
         total = 0.0
         for batch in self.batches:
-            total += batch_size(batch["x"]) * float(self._value_fn(values, batch))
+            total += data_lib.num_examples(batch["x"]) * float(self._value_fn(values, batch))
         return total / self.num_examples
 
     def value_and_gradient(self, values=None):
@@ -497,7 +401,7 @@ class ProbeLoss:
         values = self.weights() if values is None else values
         total, grads = 0.0, None
         for batch in self.batches:
-            n = batch_size(batch["x"])
+            n = data_lib.num_examples(batch["x"])
             loss, batch_grads = self._gradient_fn(values, batch)
             total += n * float(loss)
             # np.float64: a Python float would be rounded to float32 first.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_eigensam.hessian import data
 from keras_eigensam.hessian import probe
 from tests import numpy_reference as ref
 from tests import tiny
@@ -80,9 +81,9 @@ def test_probe_loss_writes_no_state_in_training_mode():
 
 def test_read_batches_keeps_read_batches_and_flat_vectors_round_trip():
     x, y = tiny.data()
-    batches = probe.read_batches(tf.data.Dataset.from_tensor_slices((x, y)).batch(6))
-    assert [probe.batch_size(b["x"]) for b in batches] == [6, 6, 4]
-    assert probe.read_batches(batches) == batches
+    batches = data.read_batches(tf.data.Dataset.from_tensor_slices((x, y)).batch(6))
+    assert [data.num_examples(b["x"]) for b in batches] == [6, 6, 4]
+    assert data.read_batches(batches) == batches
     model = tiny.mlp()
     flat = probe.flatten(model.trainable_variables)
     assert flat.dtype == np.float64 and flat.size == 5 * 4 + 4 + 4 * 3 + 3
