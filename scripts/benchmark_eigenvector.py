@@ -17,11 +17,14 @@ The cost column is the refresh's work relative to the default's
 settings on ResNet-18 are in `scripts/benchmark.py` (variants
 `eigensam(key=value;...)`).
 
-Writes `<output_dir>/eigenvector.json` and `.md`, and rebuilds
-`<output_dir>/RESULTS.md`.
+Writes `<output_dir>/<output_name>.json` and `.md` (`eigenvector` by
+default), and rebuilds `<output_dir>/RESULTS.md`.
 
     python scripts/benchmark_eigenvector.py                    # ~10 min on 2 CPUs
     python scripts/benchmark_eigenvector.py --settings='num_matvecs=2,which=magnitude;num_matvecs=1'
+    python scripts/benchmark_eigenvector.py --model=resnet18 --steps=30 \
+        --reference_matvecs=30 --output_name=eigenvector_resnet18 \
+        --settings='num_matvecs=5,hessian_batch_size=64,hessian_batch_size=32,num_matvecs=2'
 """
 
 import json
@@ -67,6 +70,9 @@ flags.DEFINE_integer(
 flags.DEFINE_string("model", "small_cnn", "Architecture name.")
 flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate.")
 flags.DEFINE_string("output_dir", "benchmarks", "Where results are written.")
+flags.DEFINE_string(
+    "output_name", "eigenvector", "Results go to <output_dir>/<output_name>.{json,md}."
+)
 
 TRACKER_DEFAULTS = {"num_matvecs": 5, "which": "largest", "hessian_batch_size": None}
 
@@ -157,7 +163,7 @@ def _run(text, batches):
 def _markdown(result):
     baseline = result["runs"][0]["cost"]
     lines = [
-        "## The tracked eigenvector: quality per refresh setting",
+        f"## The tracked eigenvector: quality per refresh setting ({result['model']})",
         "",
         f"X-SAM (ρ 0.05, α 0.2, k = {result['refresh_every']}) on {result['model']}, "
         f"scikit-learn's digits in batches of {result['batch_size']}, {result['steps']} "
@@ -216,9 +222,9 @@ def main(argv):
     }
     markdown = _markdown(result)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "eigenvector.json"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    with open(os.path.join(FLAGS.output_dir, "eigenvector.md"), "w") as f:
+    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.md"), "w") as f:
         f.write(markdown)
     write_results_index(FLAGS.output_dir)
     print(markdown)

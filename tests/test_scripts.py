@@ -639,10 +639,10 @@ def test_eigenvector_benchmark_compares_settings(tmp_path):
         BENCHMARK_EIGENVECTOR, "--steps=4", "--refresh_every=2", "--warmup_refreshes=0",
         "--batch_size=16", "--reference_matvecs=8",
         "--settings=num_matvecs=4,which=magnitude;num_matvecs=1;hessian_batch_size=4",
-        f"--output_dir={tmp_path}",
+        f"--output_dir={tmp_path}", "--output_name=quality",
     )
     assert_ok(result)
-    written = json.loads((tmp_path / "eigenvector.json").read_text())
+    written = json.loads((tmp_path / "quality.json").read_text())
     first, second = written["runs"]
     assert first["arguments"] == {"num_matvecs": 4}
     assert second["arguments"] == {"which": "magnitude", "num_matvecs": 1, "hessian_batch_size": 4}
@@ -650,5 +650,6 @@ def test_eigenvector_benchmark_compares_settings(tmp_path):
     for run in (first, second):
         assert len(run["cosines"]) == 2  # refreshes at steps 0 and 2
         assert all(0.0 <= c <= 1.0 + 1e-6 for c in run["cosines"])
-    markdown = (tmp_path / "eigenvector.md").read_text()
+    markdown = (tmp_path / "quality.md").read_text()
+    assert markdown.startswith("## The tracked eigenvector: quality per refresh setting (small_cnn)")
     assert "| `which=magnitude;num_matvecs=1;hessian_batch_size=4` | 0.06 |" in markdown
