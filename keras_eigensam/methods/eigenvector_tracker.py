@@ -257,6 +257,12 @@ class EigenvectorTracker:
         due = context.on_schedule(self.refresh_every, first_micro_batch=True)
         current = self.values()
         previous = self.eigenvalue.value
+        if isinstance(due, bool) and not due:
+            # A step compiled for a phase without a refresh: nothing changes,
+            # so nothing is written (a write is a pass over the weights).
+            context.memo("eigenvector", lambda: current)
+            context.memo("eigenvalue", lambda: previous)
+            return current
 
         def compute(matvec):
             if self.which == "magnitude":
