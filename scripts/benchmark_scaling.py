@@ -68,6 +68,8 @@ def row(name, result, parameters):
         "input_shape": list(result["input_shape"]),
         "batch_size": result["batch_size"],
         "num_parameters": parameters,
+        "rounds": result.get("rounds"),
+        "load_average": result.get("load_average"),
         "modes": {},
     }
     for mode, figures in result["modes"].items():
@@ -129,6 +131,11 @@ def _f(value, digits=2):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _load(r):
+    load = r.get("load_average") or []
+    return f"{r.get('rounds') or '–'}, " + ("–" if not load else "–".join(f"{x:.1f}" for x in load))
+
+
 def markdown(result):
     lines = [
         "## Scaling: step costs against batch size and parameter count",
@@ -137,20 +144,25 @@ def markdown(result):
         + " (medians of interleaved rounds, each in its own run; memory without XLA, "
         "a fresh process per method). Exponent `b` of `cost ∝ size^b` between two "
         "results that differ in batch size only or in parameter count only: "
-        "1 = proportional.",
+        "1 = proportional. Peak memory is the process's resident memory above its "
+        "level before the step: at small batches a SAM step's buffers are mostly "
+        "reused from the warm-up step, so its figure there (tens of MiB) is below "
+        "the method's resolution and its ratios and exponents are not meaningful; "
+        "the refresh's figure is dominated by parameter-sized vectors. Each input "
+        "is a separate run: its load average (start, end) says how quiet it was.",
         "",
         f"`{result['command']}`",
         "",
-        "| result | model | parameters | batch | mode | SGD s | SAM s | SAM × SGD "
-        "| refresh extra s | refresh, SGD steps | Eigen-SAM@k=100 × SAM "
+        "| result | model | parameters | batch | rounds, load | mode | SGD s | SAM s "
+        "| SAM × SGD | refresh extra s | refresh, SGD steps | Eigen-SAM@k=100 × SAM "
         "| SAM MiB | refresh MiB | refresh × SAM memory |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         for mode, c in r["modes"].items():
             lines.append(
                 f"| {r['input']} | {r['model']} | {r['num_parameters'] / 1e6:.1f} M "
-                f"| {r['batch_size']} | {mode} | {_f(c['sgd_s'])} | {_f(c['sam_s'])} "
+                f"| {r['batch_size']} | {_load(r)} | {mode} | {_f(c['sgd_s'])} | {_f(c['sam_s'])} "
                 f"| {_f(c['sam_s'] / c['sgd_s'])} | {_f(c.get('refresh_extra_s'), 1)} "
                 f"| {_f(c.get('refresh_in_sgd_steps'), 1)} "
                 f"| {_f(c.get('eigensam_k100_x_sam'), 3)} "

@@ -77,6 +77,7 @@ def test_exponents_against_batch_size_and_parameters(tmp_path):
     assert width["exponents"]["refresh_memory_mib"] == pytest.approx(math.log(3) / math.log(ratio))
     table = (tmp_path / "scaling.md").read_text()
     assert "| batch size | small_b8 → small_b16 | 2.00 | xla | 1.00 | 0.50 | 2.00 | 0.00 |" in table
+    assert "| small_b8 | mlp | 0.0 M | 8 | –, – | xla | 1.00 | 2.00 | 2.00 | 6.0 | 6.0 |" in table
     assert "## Scaling" in (tmp_path / "RESULTS.md").read_text()
 
 
