@@ -110,6 +110,40 @@ def test_metrics_are_logged_with_their_values(exact):
     np.testing.assert_allclose(logs["eigen_alignment"], cos(e, v), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["sam", "eigensam"])
+def test_alignment_of_a_perturbation_restricted_to_some_variables(exact, method):
+    """With `perturbed_variables`, e lives on the selected variables only
+    and uses the eigenvector refreshed this step: the step (an SGD step at
+    the gradient at w0 + e) and the logged |cos(e, v)| are those of this e
+    (NumPy), not of the whole gradient's perturbation. (Eigen-SAM took the
+    previous refresh's vector here before the fix.)"""
+    x, y, w0, lam, v = exact
+    kernels = lambda variable: "kernel" in variable.path  # noqa: E731
+    make = ks.SAM if method == "sam" else ks.EigenSAM
+    model = _model(make(rho=0.2, refresh_every=1, power_iterations=15, seed=0,
+                        perturbed_variables=kernels, **({"track_eigen": True}
+                                                        if method == "sam" else {})))
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    used = _eigenvector(model)  # refreshed at step 0, then used by it
+    assert abs(used @ v) > 0.9999
+    _, g = ref.mlp_loss_and_grad(w0, x, y)
+    mask = np.concatenate([np.full(w.size, i % 2 == 0) for i, w in enumerate(w0)])  # W1, W2
+    g_sel, v_sel = ref.flatten(g) * mask, used * mask
+    g_hat = g_sel / np.linalg.norm(g_sel)
+    if method == "sam":
+        e = 0.2 * g_hat
+    else:  # Eigen-SAM's rule on the selected coordinates
+        c = g_hat @ v_sel
+        e = 0.2 * (g_hat + 0.2 * np.sign(c) * (v_sel - c * g_hat))
+    _, g_at_e = ref.mlp_loss_and_grad(ref.unflatten(ref.flatten(w0) + e, w0), x, y)
+    stepped = ref.unflatten(ref.flatten(w0) - 0.1 * ref.flatten(g_at_e), w0)
+    tiny.assert_weights_close(tiny.weights_of(model), stepped, rtol=1e-4, atol=1e-6)
+    expected = abs(e @ used) / np.linalg.norm(e) / np.linalg.norm(used)
+    np.testing.assert_allclose(history.history["eigen_alignment"][0], expected, rtol=1e-4)
+    whole = abs(ref.flatten(g) @ used) / np.linalg.norm(ref.flatten(g))
+    assert abs(expected - whole) > 1e-2
+
+
 def test_sam_track_eigen_logs_without_changing_the_update():
     x, y = tiny.data()
     tracked = _model(ks.SAM(rho=0.2, track_eigen=True, refresh_every=2, seed=0))
@@ -118,6 +152,9 @@ def test_sam_track_eigen_logs_without_changing_the_update():
     plain.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
     tiny.assert_weights_close(tiny.weights_of(tracked), tiny.weights_of(plain))
     assert set(ks.methods.eigenvector_tracker.METRIC_NAMES) <= set(h.history)
+    # e ∝ g: at every step |cos(e, v)| = |cos(g, v)|, so the epoch means too.
+    np.testing.assert_allclose(h.history["eigen_alignment"], h.history["grad_eigen_cosine"],
+                               rtol=1e-5)
     assert int(tracked.method.tracker.num_refreshes) == 2  # steps 0 and 2
     assert "val_top_eigenvalue" not in tracked.fit(
         x, y, epochs=1, verbose=0, validation_data=(x, y)

@@ -296,7 +296,10 @@ class StepContext:
         """
         selected = tuple(bool(s) for s in selected)
         view = copy.copy(self)
-        view._memo = {}
+        # What does not depend on the gradient is the same in the view: the
+        # eigenvector this step uses (refreshed this step: the tracker's
+        # variables still hold the previous one until the step commits).
+        view._memo = {k: v for k, v in self._memo.items() if k in _UNRESTRICTED_MEMOS}
         view._selected = selected
         view.grads = None if self.grads is None else _masked(self.grads, selected)
         return view
@@ -377,6 +380,10 @@ def schedule_due(step, micro_batch, period, first_micro_batch=False):
 def inner_optimizer(optimizer):
     """The optimizer doing the update (inside a `LossScaleOptimizer`)."""
     return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+#: Memo entries a restricted view shares with its step (see `restricted`).
+_UNRESTRICTED_MEMOS = ("eigenvector", "eigenvalue")
 
 
 def _masked(values, selected):

@@ -25,12 +25,21 @@ def eigen_sam_perturbation(grads, eigenvector, rho, alpha, grad_norm=None, cosin
         grad_norm = linalg.global_norm(grads)
     if cosine is None:
         cosine = linalg.inner(grads, eigenvector) / (grad_norm + linalg.EPSILON)
-    sign = ops.sign(cosine)
-    grad_coefficient = rho * (1.0 - alpha * sign * cosine) / (grad_norm + linalg.EPSILON)
+    grad_coefficient, vector_coefficient = eigen_sam_coefficients(
+        rho, alpha, grad_norm, cosine
+    )
     return [
-        ops.add(ops.multiply(g, grad_coefficient), ops.multiply(v, rho * alpha * sign))
+        ops.add(ops.multiply(g, grad_coefficient), ops.multiply(v, vector_coefficient))
         for g, v in zip(grads, eigenvector)
     ]
+
+
+def eigen_sam_coefficients(rho, alpha, grad_norm, cosine):
+    """`(a, b)` with Eigen-SAM's perturbation `e = a·g + b·v`:
+    `a = ρ(1 − α s c)/‖g‖`, `b = ρ α s` (`c = <ĝ, v>`, `s = sign(c)`)."""
+    sign = ops.sign(cosine)
+    grad_coefficient = rho * (1.0 - alpha * sign * cosine) / (grad_norm + linalg.EPSILON)
+    return grad_coefficient, rho * alpha * sign
 
 
 @keras.saving.register_keras_serializable(package="keras_eigensam")
@@ -96,13 +105,16 @@ class EigenSAM(SharpnessMethod):
         self.alpha = validation.check_number("alpha", alpha, minimum=0.0)
 
     def perturbation(self, context):
+        cosine = self.tracker.grad_cosine(context)
+        coefficients = eigen_sam_coefficients(self.rho, self.alpha, context.grad_norm, cosine)
+        self.tracker.note_perturbation(context, *coefficients)
         return eigen_sam_perturbation(
             context.grads,
             context.memo("eigenvector", self.tracker.values),
             self.rho,
             self.alpha,
             grad_norm=context.grad_norm,
-            cosine=self.tracker.grad_cosine(context),
+            cosine=cosine,
         )
 
     def get_config(self):

@@ -344,6 +344,29 @@ class EigenvectorTracker:
             / (context.grad_norm + linalg.EPSILON),
         )
 
+    def note_perturbation(self, context, grad_coefficient, vector_coefficient):
+        """Records that this step's perturbation is `e = a·g + b·v` (`a`
+        `grad_coefficient`, `b` `vector_coefficient`, `v` the unit
+        eigenvector), so `metrics` takes `cos(e, v)` from scalars known
+        already instead of two more passes over the weights:
+
+        ```
+        <e, v> = a·<g, v> + b        ‖e‖² = a²‖g‖² + 2ab·<g, v> + b²
+        ```
+
+        A method calls it from `perturbation` on the step's own context (a
+        restricted view keeps it to itself, where the formula does not hold).
+        """
+        norm = context.grad_norm
+        along = self.grad_cosine(context) * (norm + linalg.EPSILON)  # <g, v>
+        a, b = grad_coefficient, vector_coefficient
+        inner = a * along + b
+        squared = a * a * norm * norm + 2.0 * a * b * along + b * b
+        context.memo(
+            "perturbation_eigen_cosine",
+            lambda: inner / (ops.sqrt(ops.maximum(squared, 0.0)) + linalg.EPSILON),
+        )
+
     def metrics(self, context, perturbation):
         """`top_eigenvalue`, `eigen_alignment` (|cos(e, v)|), `grad_eigen_cosine`.
 
@@ -356,7 +379,11 @@ class EigenvectorTracker:
         vector = context.memo("eigenvector", self.values)
         return {
             "top_eigenvalue": context.memo("eigenvalue", lambda: self.eigenvalue.value),
-            "eigen_alignment": ops.abs(linalg.cosine(perturbation, vector)),
+            "eigen_alignment": ops.abs(
+                context.memo(
+                    "perturbation_eigen_cosine", lambda: linalg.cosine(perturbation, vector)
+                )
+            ),
             "grad_eigen_cosine": ops.abs(self.grad_cosine(context)),
         }
 

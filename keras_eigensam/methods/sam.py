@@ -14,6 +14,15 @@ def sam_perturbation(grads, rho, grad_norm=None):
     return linalg.scale(grads, rho / (grad_norm + linalg.EPSILON))
 
 
+def tracked_sam_perturbation(context, rho, tracker=None):
+    """`sam_perturbation` of the step's gradient; with a tracker, noted with
+    it (`EigenvectorTracker.note_perturbation`: `e = a·g`), so its alignment
+    metric costs no pass over the weights."""
+    if tracker is not None:
+        tracker.note_perturbation(context, rho / (context.grad_norm + linalg.EPSILON), 0.0)
+    return sam_perturbation(context.grads, rho, context.grad_norm)
+
+
 @keras.saving.register_keras_serializable(package="keras_eigensam")
 class SAM(SharpnessMethod):
     """Sharpness-Aware Minimization.
@@ -60,4 +69,4 @@ class SAM(SharpnessMethod):
         super().__init__(rho=rho, **kwargs)
 
     def perturbation(self, context):
-        return sam_perturbation(context.grads, self.rho, context.grad_norm)
+        return tracked_sam_perturbation(context, self.rho, self.tracker)

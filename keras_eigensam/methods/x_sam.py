@@ -6,7 +6,7 @@ from keras import ops
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.methods.base import SharpnessMethod
-from keras_eigensam.methods.sam import sam_perturbation
+from keras_eigensam.methods.sam import tracked_sam_perturbation
 
 CORRECTIONS = ("reference", "projection")
 
@@ -111,7 +111,7 @@ class XSAM(SharpnessMethod):
         )
 
     def perturbation(self, context):
-        return sam_perturbation(context.grads, self.rho, context.grad_norm)
+        return tracked_sam_perturbation(context, self.rho, self.tracker)
 
     def descent(self, context):
         perturbed = context.gradient_at(self.step_perturbation(context))
