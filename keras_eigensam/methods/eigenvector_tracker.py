@@ -99,7 +99,11 @@ class EigenvectorTracker:
             instead of 9.1, peak 3.3× a SAM step's instead of 4.9×
             (`benchmarks/steps_refresh.md`); digits, half: median |cos| to
             the converged eigenvector 0.97 instead of 0.99
-            (`benchmarks/eigenvector.md`).
+            (`benchmarks/eigenvector.md`), but ResNet-18 on digits, where
+            the top eigenvalue is barely separated (|λ2/λ1| ≈ 0.88): half
+            0.41, a quarter 0.68, against 0.97 with the whole batch
+            (`benchmarks/eigenvector_resnet18.md`): check the quality on
+            your model before using it.
             Defaults to `None`: the whole batch, as the reference codes.
         hessian_microbatch_size: If set, every product is accumulated over
             micro-batches of this many examples (of each replica's shard),
