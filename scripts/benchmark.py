@@ -76,6 +76,7 @@ from benchmark_memory import reset_peak  # noqa: E402
 from benchmark_memory import rss_mib  # noqa: E402
 from benchmark_memory import run_worker  # noqa: E402
 from benchmark_results import command_line  # noqa: E402
+from benchmark_results import write_results  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
 from method_flags import parse_method_args  # noqa: E402
 
@@ -874,9 +875,7 @@ def main(argv):
         result["headline"] = _headline(result)
         result["noise"] = _noise(result)
         result["expectations"] = _expectations(result["headline"], result["noise"])
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
-        _write_markdown(result)
+        _write(result)
         return
     unknown_suites = set(FLAGS.suites) - {"steps", *_OTHER_SUITES}
     if unknown_suites:
@@ -955,18 +954,11 @@ def main(argv):
     result["expectations"] = _expectations(result["headline"], result["noise"])
     result["wall_s"] = time.time() - started
     result["load_average"] = [load_start, os.getloadavg()[0]]
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    _write_markdown(result)
+    _write(result)
 
 
-def _write_markdown(result):
-    markdown = _markdown(result)
-    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.md"), "w") as f:
-        f.write(markdown)
-    write_results_index(FLAGS.output_dir)
-    print(markdown)
+def _write(result):
+    write_results(FLAGS.output_dir, FLAGS.output_name, result, _markdown(result))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ default), and rebuilds `<output_dir>/RESULTS.md`.
         --settings='num_matvecs=5,hessian_batch_size=64,hessian_batch_size=32,num_matvecs=2'
 """
 
-import json
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from benchmark_results import command_line  # noqa: E402
-from benchmark_results import write_results_index  # noqa: E402
+from benchmark_results import write_results  # noqa: E402
 from method_flags import parse_method_args  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -220,14 +219,7 @@ def main(argv):
         "wall_s": time.time() - started,
         "runs": runs,
     }
-    markdown = _markdown(result)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.md"), "w") as f:
-        f.write(markdown)
-    write_results_index(FLAGS.output_dir)
-    print(markdown)
+    write_results(FLAGS.output_dir, FLAGS.output_name, result, _markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Shared by the benchmark scripts: the command that ran, and `benchmarks/RESULTS.md`."""
+"""Shared by the benchmark scripts: the command that ran, their result files,
+and `benchmarks/RESULTS.md`."""
 
+import json
 import os
 import shlex
 import sys
@@ -10,6 +12,18 @@ HEADER = (
     "Machines here are shared: compare ratios measured in one run, not absolute "
     "times across sections.\n\n"
 )
+
+
+def write_results(output_dir, name, result, markdown):
+    """Writes `<output_dir>/<name>.json` (`result`) and `<name>.md`
+    (`markdown`), rebuilds `RESULTS.md` and prints the markdown."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(output_dir, f"{name}.md"), "w") as f:
+        f.write(markdown)
+    write_results_index(output_dir)
+    print(markdown)
 
 
 def write_results_index(output_dir):

@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from benchmark_results import command_line  # noqa: E402
-from benchmark_results import write_results_index  # noqa: E402
+from benchmark_results import write_results  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("inputs", None, "Result names in --output_dir (<name>.json of benchmark.py).")
@@ -200,13 +200,7 @@ def main(argv):
             parameters[key] = num_parameters(*key)
         rows.append(row(name, result, parameters[key]))
     result = {"command": command_line(), "rows": rows, "exponents": exponents(rows)}
-    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    text = markdown(result)
-    with open(os.path.join(FLAGS.output_dir, f"{FLAGS.output_name}.md"), "w") as f:
-        f.write(text)
-    write_results_index(FLAGS.output_dir)
-    print(text)
+    write_results(FLAGS.output_dir, FLAGS.output_name, result, markdown(result))
 
 
 if __name__ == "__main__":
