@@ -37,6 +37,12 @@ system (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) so the level
 before a step is the live memory, not the allocator's cache. Where the mark
 cannot be reset, each figure gets its own process and the peak is
 `ru_maxrss`, which then also holds the warm-up steps (an upper bound).
+The same step also records the peak of TensorFlow's CPU allocator above its
+level before the step (`tensor_peak_mib`): every tensor counted exactly and
+the same from run to run, where resident memory misses buffers reused from
+the warm-up and cannot resolve a SAM step at small batches. The reports
+compare that figure where a run has it (without XLA: XLA's own buffers are
+not TensorFlow tensors).
 
 tf_keras's `SharpnessAwareMinimization` (Keras 2) is timed in its own process
 on the same architecture (built by the same code with tf_keras's layers), with
@@ -73,8 +79,11 @@ from benchmark_memory import HOW as _MEMORY_HOW  # noqa: E402
 from benchmark_memory import MALLOC_ENV  # noqa: E402
 from benchmark_memory import peak_mib  # noqa: E402
 from benchmark_memory import reset_peak  # noqa: E402
+from benchmark_memory import reset_tensor_peak  # noqa: E402
 from benchmark_memory import rss_mib  # noqa: E402
 from benchmark_memory import run_worker  # noqa: E402
+from benchmark_memory import step_peak  # noqa: E402
+from benchmark_memory import tensor_peak_mib  # noqa: E402
 from benchmark_results import command_line  # noqa: E402
 from benchmark_results import write_results  # noqa: E402
 from benchmark_results import write_results_index  # noqa: E402
@@ -394,8 +403,13 @@ def _memory_worker():
     for label, iteration, _ in variants:  # cheapest first: ru_maxrss only grows
         resettable = resettable and reset_peak()
         before = rss_mib()
+        tensors_before = reset_tensor_peak()
         _step(model, x, y, iteration)
-        figures[label] = {"peak_mib": peak_mib(resettable) - before, "before_mib": before}
+        figures[label] = {
+            "peak_mib": peak_mib(resettable) - before,
+            "before_mib": before,
+            "tensor_peak_mib": tensor_peak_mib(tensors_before),
+        }
     how = _MEMORY_HOW[resettable]
     print("RESULT " + json.dumps({"figures": figures, "how": how}))
 
@@ -580,7 +594,7 @@ def _headline(result):
 def _method_memory(memory, name, result):
     """The largest peak over the method's kinds of step."""
     labels = result["variants"].get(name, [name])
-    values = [memory[label]["peak_mib"] for label in labels if label in memory]
+    values = [step_peak(memory[label]) for label in labels if label in memory]
     return max(values) if values else None
 
 
@@ -712,11 +726,22 @@ def _markdown(result):
         ]
     if has_memory:
         mode = "XLA" if result["memory_xla"] else "without XLA"
+        tensors = any(
+            row.get("tensor_peak_mib") is not None for row in result["memory"].values()
+        )
+        what = (
+            "the peak of TensorFlow's CPU allocator during one step above its level "
+            "before the step (every tensor, counted exactly; the process's resident "
+            "memory, which cannot resolve figures below about 100 MiB, is in the table "
+            "of every kind of step below)"
+            if tensors else
+            "the process's peak resident memory during one step above its resident "
+            "memory before the step"
+        )
         lines += [
             "",
-            f"Peak step memory ({mode}; {result['memory_notes'].get('how', '')}): the "
-            "process's peak resident memory during one step above its resident memory "
-            "before the step, in a fresh process per method after "
+            f"Peak step memory ({mode}; {result['memory_notes'].get('how', '')}): "
+            f"{what}, in a fresh process per method after "
             f"{max(result['memory_warmup'], _MIN_WARMUP)} warm-up step(s), glibc returning freed "
             "blocks "
             "(activations, gradients, perturbed weights, HVP buffers; weights and optimizer "
@@ -810,17 +835,21 @@ def _markdown(result):
     if has_memory:
         lines += [
             "",
-            "Peak step memory of every kind of step (MiB above the level before the step; "
-            "level before):",
+            "Peak step memory of every kind of step, MiB above the level before the step: "
+            "TensorFlow's CPU allocator (every tensor, counted exactly; – where not "
+            "recorded) and the process's resident memory (level before it in the last "
+            "column):",
             "",
-            "| step | peak (MiB) | × SAM | before (MiB) |",
-            "|---|---|---|---|",
+            "| step | tensors (MiB) | × SAM | resident (MiB) | × SAM | resident before (MiB) |",
+            "|---|---|---|---|---|---|",
         ]
-        sam = (result["memory"].get("sam") or {}).get("peak_mib")
+        sam = result["memory"].get("sam") or {}
         for label, row in result["memory"].items():
+            tensors = row.get("tensor_peak_mib")
             lines.append(
-                f"| {label} | {row['peak_mib']:.0f} | {_x(_ratio(row['peak_mib'], sam))} | "
-                f"{row['before_mib']:.0f} |"
+                f"| {label} | {'–' if tensors is None else f'{tensors:.0f}'} | "
+                f"{_x(_ratio(tensors, sam.get('tensor_peak_mib')))} | {row['peak_mib']:.0f} | "
+                f"{_x(_ratio(row['peak_mib'], sam.get('peak_mib')))} | {row['before_mib']:.0f} |"
             )
         for label, note in result["memory_notes"].items():
             if label != "how":

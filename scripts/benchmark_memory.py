@@ -10,6 +10,15 @@ also holds the warm-up: an upper bound). The parent runs workers with
 `MALLOC_ENV`, which tells glibc to hand freed blocks back to the system, so
 the level before the work is the live memory, not the allocator's cache.
 A worker prints one line `RESULT <json>`, which `run_worker` returns.
+
+Resident memory also counts what the work allocates outside TensorFlow's
+tensors and misses buffers reused from the warm-up, so small figures (below
+about 100 MiB) do not resolve. Workers also report `tensor_peak_mib`: the
+peak of TensorFlow's own CPU allocator over the work, above its level
+before (`tf.config.experimental.get_memory_info`, reset through
+`reset_memory_stats`): every tensor the graph executor allocates, counted
+exactly and the same in every run, but not XLA's own buffers, so it is taken
+without XLA.
 """
 
 import json
@@ -58,6 +67,35 @@ def peak_mib(resettable):
     if resettable:
         return _status_mib("VmHWM")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def reset_tensor_peak():
+    """Resets the peak of TensorFlow's CPU allocator; its level now in MiB,
+    or None where the allocator keeps no statistics."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        return tf.config.experimental.get_memory_info("CPU:0")["current"] / 2**20
+    except (ValueError, RuntimeError, KeyError):
+        return None
+
+
+def tensor_peak_mib(before):
+    """The peak of TensorFlow's CPU allocator since `reset_tensor_peak`
+    above `before` (its return), in MiB; None without statistics."""
+    import tensorflow as tf
+
+    if before is None:
+        return None
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20 - before
+
+
+def step_peak(figure):
+    """The figure a report compares: a worker's `tensor_peak_mib` where it
+    has one, else its resident `peak_mib`."""
+    tensors = figure.get("tensor_peak_mib")
+    return figure["peak_mib"] if tensors is None else tensors
 
 
 def run_worker(script, args, env=None):

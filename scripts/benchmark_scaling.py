@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from benchmark_memory import step_peak  # noqa: E402
 from benchmark_results import command_line  # noqa: E402
 from benchmark_results import write_results  # noqa: E402
 
@@ -85,9 +86,9 @@ def row(name, result, parameters):
             costs["eigensam_k100_x_sam"] = amortised["ratio_to_sam"]
         out["modes"][mode] = costs
     if "sam" in memory:
-        out["sam_memory_mib"] = memory["sam"]["peak_mib"]
+        out["sam_memory_mib"] = step_peak(memory["sam"])
     if "eigensam_refresh" in memory:
-        out["refresh_memory_mib"] = memory["eigensam_refresh"]["peak_mib"]
+        out["refresh_memory_mib"] = step_peak(memory["eigensam_refresh"])
         if "sam" in memory:
             out["refresh_memory_x_sam"] = out["refresh_memory_mib"] / out["sam_memory_mib"]
     return out
