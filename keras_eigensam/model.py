@@ -7,34 +7,21 @@ import numpy as np
 from keras import ops
 
 from keras_eigensam import batch_loss
+from keras_eigensam import compile_checks
 from keras_eigensam import linalg
+from keras_eigensam import normalization
 from keras_eigensam import phases
 from keras_eigensam import validation
+from keras_eigensam import weight_average
 from keras_eigensam.backend import distribute
 from keras_eigensam.backend import autodiff
 from keras_eigensam.fit_checks import FitChecks
 from keras_eigensam.methods.base import SharpnessMethod
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
-from keras_eigensam.methods.context import inner_optimizer
 from keras_eigensam.methods.sam import SAM
-from keras_eigensam.methods.wsam import WSAM
 
 PERTURBATION_SCOPES = ("replica", "global")
-
-#: Layers whose parameters count as normalisation parameters (SAM-ON).
-NORMALIZATION_LAYERS = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "BatchNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-        "RMSNormalization",
-        "UnitNormalization",
-    )
-    if hasattr(keras.layers, name)
-)
-
 
 @keras.saving.register_keras_serializable(package="keras_eigensam")
 class SharpnessAwareModel(keras.Model):
@@ -342,85 +329,6 @@ class SharpnessAwareModel(keras.Model):
         own = {id(v) for v in self.method.variables}
         return [v for v in self.non_trainable_variables if id(v) not in own]
 
-    def _normalization_flags(self, variables):
-        """Per trainable variable: does it belong to a normalisation layer?"""
-        owners = {}
-        for layer in self._flatten_layers(include_self=False, recursive=True):
-            for variable in layer._trainable_variables:
-                owners[id(variable)] = layer
-        return [
-            isinstance(owners.get(id(v)), NORMALIZATION_LAYERS) for v in variables
-        ]
-
-    def _check_compiled_setup(self):
-        if self.steps_per_execution > 1 and distribute.uses_merge_call():
-            # The conditional update that skips non-finite steps is taken in
-            # cross-replica context there, which TensorFlow cannot place
-            # inside Keras's multi-step loop (it fails with "You must feed a
-            # value for placeholder tensor"): refuse it clearly instead.
-            raise ValueError(
-                "`steps_per_execution > 1` is not supported under "
-                "this strategy and device set-up "
-                "(a strategy that synchronises replicas with `merge_call`, "
-                "such as MirroredStrategy on CPUs). Received: "
-                f"steps_per_execution={self.steps_per_execution}; compile "
-                "with `steps_per_execution=1`."
-            )
-        accumulation = getattr(
-            inner_optimizer(self.optimizer), "gradient_accumulation_steps", None
-        )
-        if (
-            accumulation
-            and accumulation > 1
-            and not self.method.supports_gradient_accumulation
-        ):
-            raise ValueError(
-                f"{type(self.method).__name__} does not support gradient "
-                "accumulation: its update is not the mean of per-micro-batch "
-                "descent gradients (it normalises the averaged gradient, "
-                "advances per-step state, or moves the weights outside the "
-                "optimizer), so accumulating would apply it once per "
-                "micro-batch, a different method. Received: an optimizer "
-                f"with gradient_accumulation_steps={accumulation}; use a "
-                "larger batch"
-                + (", or `WSAM(decouple=False)`" if isinstance(self.method, WSAM) else "")
-                + " instead."
-            )
-        if accumulation and accumulation > 1 and distribute.uses_merge_call():
-            # Keras's accumulation branches on the update step around the
-            # optimizer's cross-replica update, which TensorFlow cannot build
-            # there (a plain Keras model fails the same way, with "`merge_call`
-            # called while defining a new graph").
-            raise ValueError(
-                "Gradient accumulation is not supported under this strategy "
-                "and device set-up (a strategy that synchronises replicas "
-                "with `merge_call`, such as MirroredStrategy on CPUs): Keras's "
-                "accumulation cannot be built there. Received: an optimizer "
-                f"with gradient_accumulation_steps={accumulation}; use a "
-                "larger global batch instead."
-            )
-
-    def _move_average_by(self, variables, deltas, finite):
-        """Moves the optimizer's EMA of the weights (`use_ema=True`) as an
-        update after the optimizer moved the weights, so the average tracks
-        the weights each step leaves.
-
-        Keras averages inside `apply`, before a decoupled update:
-        `average ← m·average + (1 − m)·w` (`m = 0` at the first step), so
-        subtracting `δ` from `w` afterwards subtracts `(1 − m)·δ` from what
-        the average should be.
-        """
-        optimizer = inner_optimizer(self.optimizer)
-        averages = getattr(optimizer, "_model_variables_moving_average", None)
-        if not getattr(optimizer, "use_ema", False) or not averages:
-            return
-        pairs = [(a, d) for a, d in zip(averages, deltas) if a is not None]
-        first = ops.equal(optimizer.iterations, 1)  # counted already
-        weight = ops.where(first, 1.0, 1.0 - float(optimizer.ema_momentum))
-        distribute.assign_sub_if(
-            [a for a, _ in pairs], [d * ops.cast(weight, d.dtype) for _, d in pairs], finite
-        )
-
     def make_train_function(self, force=False):
         """Keras's train function; under XLA, one program per phase.
 
@@ -469,7 +377,7 @@ class SharpnessAwareModel(keras.Model):
             # the first step; build here, as Keras does under a strategy.
             self._symbolic_build(data_batch=data)
         self._build_method_state()
-        self._check_compiled_setup()
+        compile_checks.check_compiled_setup(self)
 
     def _train_step(self, data, phase=None):
         """One step; `phase` fixes the method's schedules (see
@@ -536,7 +444,7 @@ class SharpnessAwareModel(keras.Model):
             variables=variables,
             weights=weights,
             grads=None,
-            is_normalization=self._normalization_flags(variables),
+            is_normalization=normalization.normalization_flags(self, variables),
             optimizer=self.optimizer,
             num_replicas=num_replicas,
             gradient_at=gradient_at,
@@ -599,7 +507,7 @@ class SharpnessAwareModel(keras.Model):
             distribute.apply_gradients_if(self.optimizer, descent, variables, finite)
         if context.decoupled is not None:
             distribute.assign_sub_if(variables, context.decoupled, finite)
-            self._move_average_by(variables, context.decoupled, finite)
+            weight_average.move_average_by(self.optimizer, context.decoupled, finite)
         for variable, value in state_updates + context.staged:
             variable.assign(ops.where(finite, value, variable.value))
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_eigensam import normalization
 from keras_eigensam.methods.context import StepContext
 
 RTOL, ATOL = 1e-5, 1e-6  # float32 Keras step vs float64 NumPy reference
@@ -85,7 +86,7 @@ def eager_context(model, grads, optimizer, step=0):
         variables=variables,
         weights=[v.value for v in variables],
         grads=[tf.constant(g, "float32") for g in grads],
-        is_normalization=model._normalization_flags(variables),
+        is_normalization=normalization.normalization_flags(model, variables),
         optimizer=optimizer,
         num_replicas=1,
         gradient_at=None,

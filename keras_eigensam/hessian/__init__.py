@@ -21,7 +21,8 @@ Two layers:
 
 Modules: `hvp.py`, `power_iteration.py`, `lanczos.py`, `trace.py`,
 `density.py`, `data.py` (`read_batches`, and `CurvatureData`: the
-batches, in memory or streamed), `operator.py` (`CurvatureOperator`), `eigenpairs.py` (what
+batches, in memory or streamed), `operator.py` (`CurvatureOperator`), `estimators.py` (its
+estimators), `eigenpairs.py` (what
 `top_eigenpairs` returns and its power-iteration route),
 `hessian_operator.py`, `ggn.py`, `fisher.py`, `sharpness.py`, and
 `probe.py` (the loss on probe data, shared with
