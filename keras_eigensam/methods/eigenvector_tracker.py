@@ -116,12 +116,16 @@ class EigenvectorTracker:
             one recorded pass. The memory setting for large batches (see
             `keras_eigensam.hessian.make_microbatched_hvp`); under XLA the
             refresh step is compiled without it (XLA on CPU runs the loop's
-            convolution gradients slowly). ResNet-18, batch 32, micro-batches
-            of 8: refresh-step peak 2.8× a SAM step's instead of 4.9× (what
-            remains is mostly parameter-sized vectors, the Lanczos basis
-            among them), the refresh about 2.3× as long
-            (`benchmarks/steps_microbatch.md`). Defaults to `None`: one
-            recorded pass over the whole (Hessian) batch.
+            convolution gradients slowly). ResNet-18, batch 128,
+            micro-batches of 16: refresh-step peak 1.25× a SAM step's
+            instead of 4.6× (tensors alive), the refresh 1.4× as long
+            (`benchmarks/steps_memory_b128.md`,
+            `benchmarks/steps_microbatch_b128.md`); batch 32, micro-batches
+            of 8: 2.8× instead of 4.8× (what remains is mostly
+            parameter-sized vectors, the Lanczos basis among them), the
+            refresh about 2.3× as long (`benchmarks/steps_microbatch.md`).
+            Defaults to `None`: one recorded pass over the whole (Hessian)
+            batch.
 
     Raises:
         ValueError: if an argument is out of range or unknown.
