@@ -23,6 +23,7 @@ from keras_eigensam.methods.sam import SAM
 
 PERTURBATION_SCOPES = ("replica", "global")
 
+
 @keras.saving.register_keras_serializable(package="keras_eigensam")
 class SharpnessAwareModel(keras.Model):
     """A Keras model trained with a sharpness-aware method inside `fit`.

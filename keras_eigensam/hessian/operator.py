@@ -41,6 +41,7 @@ from keras_eigensam.hessian import probe
 from keras_eigensam.hessian.data import CurvatureData
 from keras_eigensam.hessian.estimators import CurvatureEstimators
 
+
 class CurvatureOperator(CurvatureEstimators):
     """A curvature matrix `M` of a model's mean loss over a data set.
 
