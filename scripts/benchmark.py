@@ -729,18 +729,19 @@ def _markdown(result):
         tensors = any(
             row.get("tensor_peak_mib") is not None for row in result["memory"].values()
         )
+        how = result["memory_notes"].get("how", "")
         what = (
             "the peak of TensorFlow's CPU allocator during one step above its level "
             "before the step (every tensor, counted exactly; the process's resident "
-            "memory, which cannot resolve figures below about 100 MiB, is in the table "
-            "of every kind of step below)"
+            f"memory ({how}), which cannot resolve figures below about 100 MiB, is in "
+            "the table of every kind of step below)"
             if tensors else
-            "the process's peak resident memory during one step above its resident "
-            "memory before the step"
+            f"the process's peak resident memory ({how}) during one step above its "
+            "resident memory before the step"
         )
         lines += [
             "",
-            f"Peak step memory ({mode}; {result['memory_notes'].get('how', '')}): "
+            f"Peak step memory ({mode}): "
             f"{what}, in a fresh process per method after "
             f"{max(result['memory_warmup'], _MIN_WARMUP)} warm-up step(s), glibc returning freed "
             "blocks "

@@ -73,12 +73,13 @@ Presets (`--config`; any flag given overrides the preset):
   prepares it there once). Not run
   here. Expected time, an estimate, not a measurement: 196 steps per epoch,
   39,200 steps per run. On a 2-core CPU a ResNet-18 SGD step at batch 64
-  takes 4.4–6.4 s (`benchmarks/steps.md`), so about 4× that at batch 256:
-  weeks per run, not feasible. On one modern GPU (A100/H100 class) a
-  ResNet-18 CIFAR-10 SGD epoch typically takes 10–20 s, SAM about twice,
-  Eigen-SAM about 1.1× SAM and X-SAM about 2× SAM (ratios from
-  `benchmarks/steps.md`), plus the per-epoch monitors: about 1 h for SGD,
-  2 h for SAM and Eigen-SAM, 4 h for X-SAM, so about 9 h per seed and
+  takes 1.5–6.9 s (`benchmarks/steps.md`, `benchmarks/steps_epyc_avx2.md`),
+  so about 4× that at batch 256: 3 to 12 days per SGD run, not feasible.
+  On one modern GPU (A100/H100 class) a ResNet-18 CIFAR-10 SGD epoch
+  typically takes 10–20 s, SAM about twice, Eigen-SAM about 1.0–1.1× SAM
+  and X-SAM about 1.7–1.8× SAM (ratios from `benchmarks/steps.md`), plus
+  the per-epoch monitors: about 1 h for SGD, 2 h for SAM and Eigen-SAM,
+  3.5 h for X-SAM, so about 9 h per seed and
   about a day for 3 seeds on one GPU.
 """
 

@@ -2,7 +2,7 @@
 a conditional (`SharpnessAwareModel.make_train_function`).
 
 XLA on CPU runs the convolution gradients of a conditional branch 5–50×
-slower than outside one (benchmarks/steps.md), so an eigenvector refresh,
+slower than outside one (benchmarks/steps_epyc_avx2.md), so an eigenvector refresh,
 LookSAM's SAM step or an `interval` second pass must not sit inside one.
 That the steps taken are those of graph mode is checked for every method by
 tests/methods/test_contract.py::test_xla_and_steps_per_execution_take_the_same_steps.
