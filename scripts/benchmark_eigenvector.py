@@ -138,7 +138,9 @@ def _run(text, batches):
         model.train_on_batch(x, y)
         step_times.append(time.perf_counter() - start)
         if due:
-            tracked = np.concatenate([np.ravel(np.array(v)) for v in tracker.vector])
+            tracked = np.concatenate(
+                [np.ravel(keras.ops.convert_to_numpy(v)) for v in tracker.vector]
+            )
             tracked /= np.linalg.norm(tracked)
             cosines.append(abs(float(tracked @ reference)))
             eigenvalues.append((float(tracker.eigenvalue), float(lam[0])))
