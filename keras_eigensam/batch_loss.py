@@ -4,7 +4,7 @@ What `SharpnessAwareModel`'s train step gives its method through
 `StepContext`, besides the gradient passes: the compiled loss of every
 example of the batch (`example_losses`, ESAM's selection) and Hessian-vector
 products of the batch's loss (`hessian_runner`, the eigenvector tracker's
-refresh), whole or accumulated over micro-batches.
+refresh), whole or accumulated over micro-batches, or Gauss-Newton products.
 """
 
 import keras
@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import distribute
+from keras_eigensam.hessian.ggn import make_ggn_product
 from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.hessian.hvp import make_microbatched_hvp
 
@@ -46,7 +47,9 @@ def hessian_runner(model, x, y, sample_weight):
     """`StepContext.with_hessian` for the batch `x, y, sample_weight` of
     `model`'s step (see there)."""
 
-    def with_hessian(pred, fn, default, training, mode, examples, microbatch_size):
+    def with_hessian(
+        pred, fn, default, training, mode, examples, microbatch_size, curvature
+    ):
         def replica_fn(x, y, sample_weight):
             if examples is not None:
                 # The first examples of each replica's shard (batches
@@ -73,7 +76,9 @@ def hessian_runner(model, x, y, sample_weight):
                 return ops.cast(loss, "float32")
 
             batch = (x, y, sample_weight)
-            if microbatch_size is None:
+            if curvature == "ggn":
+                local_matvec = _ggn_product(model, batch, training)
+            elif microbatch_size is None:
                 local_matvec = make_hvp(
                     lambda: loss_fn(batch), model.trainable_variables, mode=mode
                 )
@@ -95,3 +100,32 @@ def hessian_runner(model, x, y, sample_weight):
         )
 
     return with_hessian
+
+
+def _ggn_product(model, batch, training):
+    """`make_ggn_product` of `model`'s compiled loss on `batch`, split at
+    the model's output (which must be one tensor), at true scale in
+    float32."""
+    x, y, sample_weight = batch
+
+    def outputs():
+        own_values = [(v, v.value) for v in model.trainable_variables]
+        with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
+            y_pred = model._forward(x, training=training)
+        if len(keras.tree.flatten(y_pred)) != 1:
+            raise ValueError(
+                "curvature='ggn' needs a model with one output tensor (the "
+                "Gauss-Newton split is at the output). Received: an output "
+                f"structure of {len(keras.tree.flatten(y_pred))} tensors; use "
+                "curvature='hessian'."
+            )
+        return ops.cast(keras.tree.flatten(y_pred)[0], "float32")
+
+    def loss(y_pred):
+        # Weight regularisers read their variables from the mapping; they
+        # do not depend on the output, so they add nothing to the product.
+        own_values = [(v, v.value) for v in model.trainable_variables]
+        with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
+            return ops.cast(model._loss(x, y, y_pred, sample_weight), "float32")
+
+    return make_ggn_product(outputs, loss, model.trainable_variables)

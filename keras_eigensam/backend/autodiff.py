@@ -370,9 +370,10 @@ def jacobian_sandwich(fn, primals, tangents, middle):
     ```
 
     Only first derivatives of `fn` are taken, so normalization layers need no
-    exact moments. Returns dense tensors shaped like `primals`.
+    exact moments. Returns dense tensors shaped like `primals`. In a graph
+    the passes wait for `tangents`, as in `hvp`.
     """
-    with tf.GradientTape() as tape:
+    with tf.control_dependencies(tangents), tf.GradientTape() as tape:
         tape.watch(primals)
         with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
             outputs, aux = fn()

@@ -7,7 +7,9 @@ Two layers:
    zero-argument loss function), `make_hvp` (a `matvec` that reuses one
    recorded forward and backward pass for many products),
    `make_microbatched_hvp` (a `matvec` accumulated over micro-batches, for
-   bounded memory) and `power_iteration`. Nothing there all-reduces; the caller does.
+   bounded memory), `make_ggn_product` (the generalized Gauss-Newton
+   matrix's, first derivatives only), `power_iteration` and
+   `lanczos_top_eigenpair`. Nothing there all-reduces; the caller does.
 2. Analysis tools, called eagerly between epochs or after training:
    curvature operators of a Keras model's mean loss over one batch or a
    whole data set (`HessianOperator`, `GGNOperator`,
@@ -42,12 +44,14 @@ from keras_eigensam.hessian.data import read_batches
 from keras_eigensam.hessian.density import spectral_density
 from keras_eigensam.hessian.fisher import EmpiricalFisherOperator
 from keras_eigensam.hessian.ggn import GGNOperator
+from keras_eigensam.hessian.ggn import make_ggn_product
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
 from keras_eigensam.hessian.hvp import hvp
 from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.hessian.hvp import make_microbatched_hvp
 from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
+from keras_eigensam.hessian.lanczos import lanczos_top_eigenpair
 from keras_eigensam.hessian.lanczos import WHICH
 from keras_eigensam.hessian.eigenpairs import EIGEN_METHODS
 from keras_eigensam.hessian.eigenpairs import Eigenpairs
@@ -86,6 +90,8 @@ __all__ = [
     "hutchpp_trace",
     "hvp",
     "lanczos_eigenpairs",
+    "lanczos_top_eigenpair",
+    "make_ggn_product",
     "make_hvp",
     "make_microbatched_hvp",
     "power_iteration",

@@ -1,5 +1,7 @@
-"""`GGNOperator`: the generalized Gauss-Newton matrix of a Keras model's loss."""
+"""The generalized Gauss-Newton matrix of a Keras model's loss: `GGNOperator`
+over data sets, `make_ggn_product` for products inside a compiled step."""
 
+from keras_eigensam import validation
 from keras_eigensam.backend import autodiff
 from keras_eigensam.hessian import probe
 from keras_eigensam.hessian.operator import CurvatureOperator
@@ -54,19 +56,66 @@ class GGNOperator(CurvatureOperator):
     kind = "GGN"
 
     def _batch_product(self, batch, vectors):
-        primals = autodiff.primals(self.variables)
-
-        def outputs():
-            y_pred, _ = probe.model_outputs(self.model, batch, self.training)
-            return y_pred, None
-
-        def loss_hessian_product(y_pred, _, u):
-            return autodiff.output_hvp(
-                lambda f: probe.mean_loss(self.loss, batch["y"], f, batch.get("sample_weight")),
-                y_pred,
-                u,
-            )
-
-        return autodiff.jacobian_sandwich(
-            outputs, primals, autodiff.tangents(vectors, primals), loss_hessian_product
+        matvec = make_ggn_product(
+            lambda: probe.model_outputs(self.model, batch, self.training)[0],
+            lambda f: probe.mean_loss(self.loss, batch["y"], f, batch.get("sample_weight")),
+            self.variables,
         )
+        return matvec(vectors)
+
+
+def make_ggn_product(outputs_fn, loss_fn, variables):
+    """Returns a `matvec` of the generalized Gauss-Newton matrix at one point.
+
+    ```
+    f = outputs_fn()                   the model's output (one tensor)
+    matvec(v) = Jᵀ (∇²_f loss_fn(f) · (J v))     J = ∂f/∂w
+    ```
+
+    Each product is one forward pass carrying a forward-mode JVP (`J v`),
+    the loss Hessian in the outputs times it, and one backward pass
+    (`Jᵀ r`): first derivatives of the model only, so no activations of a
+    backward pass are kept, unlike a Hessian-vector product, and nothing is
+    kept between products. Call it and the returned `matvec` in the same
+    function (the same `tf.function` trace); it never all-reduces.
+
+    Args:
+        outputs_fn: Zero-argument callable returning the model's output, one
+            floating tensor, computed from the current values of `variables`
+            (read inside the call).
+        loss_fn: Callable `loss_fn(outputs) -> scalar`, the loss in the
+            outputs (twice differentiable there).
+        variables: List of Keras variables (or `tf.Variable`s).
+
+    Returns:
+        A function `matvec(vectors) -> G·vectors` (lists of tensors shaped
+        like `variables`).
+
+    Raises:
+        ValueError: as `keras_eigensam.hessian.hvp` for `variables` and
+            `vectors`.
+
+    Example:
+
+    ```python
+    matvec = hessian.make_ggn_product(
+        lambda: model(x),
+        lambda f: keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            y, f, from_logits=True)),
+        model.trainable_variables,
+    )
+    ```
+    """
+    validation.check_callable("outputs_fn", outputs_fn, "a zero-argument function returning the outputs")
+    validation.check_callable("loss_fn", loss_fn, "a function of the outputs returning the loss")
+    primals = autodiff.primals(variables)
+
+    def middle(outputs, _, directional):
+        return autodiff.output_hvp(loss_fn, outputs, directional)
+
+    def matvec(vectors):
+        return autodiff.jacobian_sandwich(
+            lambda: (outputs_fn(), None), primals, autodiff.tangents(vectors, primals), middle
+        )
+
+    return matvec

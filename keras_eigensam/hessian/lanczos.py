@@ -1,14 +1,18 @@
 """Lanczos with full reorthogonalisation, and the top eigenpairs it gives.
 
 Free functions over a symmetric `matvec` on flat NumPy vectors, such as
-`HessianOperator`'s; `density.py` builds stochastic Lanczos quadrature on
-the same iteration.
+`HessianOperator`'s (`density.py` builds stochastic Lanczos quadrature on
+the same iteration), and `lanczos_top_eigenpair`, the same iteration in
+Keras operations on lists of tensors for a compiled step (the eigenvector
+tracker's refresh).
 """
 
 import math
 
 import numpy as np
+from keras import ops
 
+from keras_eigensam import linalg
 from keras_eigensam import validation
 
 
@@ -225,3 +229,101 @@ def lanczos_eigenpairs(
         np.stack(vectors),
         residuals(theta, s, b, chosen).astype(np.float64),
     )
+
+
+def lanczos_top_eigenpair(matvec, v0, num_matvecs, unit_start=False):
+    """Largest (algebraic) Ritz pair after `num_matvecs` Lanczos steps from `v0`.
+
+    Lanczos with full reorthogonalisation (twice, classical Gram-Schmidt)
+    builds an orthonormal basis `Q` of the Krylov space
+    `span{v0, Hv0, …, H^(m−1) v0}` and the tridiagonal `T = QᵀHQ`; the
+    largest eigenvalue θ of `T` and `v = Q y` (its eigenvector `y`) are the
+    best estimate of `(λ_max, v_max)` that the space holds, never worse than
+    the Rayleigh quotient of `v0`. The loop is unrolled in Python (no
+    `while_loop`, so `matvec` may all-reduce through `merge_call`), and the
+    basis is kept as `m` flattened vectors, reorthogonalised against one at
+    a time (never stacked into an `(m, n)` copy). Flat, not lists shaped
+    like the variables: XLA compiles the per-variable form of the
+    reorthogonalisation far more slowly (ResNet-18's refresh phase 146 s
+    against 71 s; 12 steps on a 4-variable MLP 154 s against 4 s), for at
+    most two parameter-sized copies saved (the product's input and output).
+    On breakdown (an invariant subspace) later basis vectors are zero and
+    their spurious Ritz values are ignored.
+
+    Args:
+        matvec: Function `vectors -> H·vectors` (lists of tensors).
+        v0: Start vector (list of tensors), not zero.
+        num_matvecs: Number of products, a Python int >= 1.
+        unit_start: Whether `v0` has unit norm already (then it is not
+            normalised again). Defaults to `False`.
+
+    Returns:
+        `(eigenvalue, eigenvector)`: a scalar tensor and a unit-norm list of
+        tensors, signed so that `<eigenvector, v0> >= 0`.
+    """
+    like = list(v0)
+    start = like if unit_start else linalg.normalize(like)[0]
+    q = _flat(start)
+    basis, alphas, betas, valid = [q], [], [], [ops.convert_to_tensor(True)]
+    w = _flat(matvec(start))
+    for j in range(num_matvecs):
+        alphas.append(ops.sum(q * w))
+        if j == num_matvecs - 1:
+            break
+        for _ in range(2):
+            # Classical Gram-Schmidt against each basis vector in turn, not
+            # one stacked (j, n) matrix: a stack would copy the basis at
+            # every step (5 copies of the parameters for ResNet-18).
+            coefficients = [ops.sum(b * w) for b in basis]
+            w = w - _sum_scaled(basis, coefficients)
+        beta = linalg.global_norm([w])
+        scale = ops.max(ops.abs(ops.stack(alphas))) + (
+            ops.max(ops.stack(betas)) if betas else 0.0
+        )
+        ok = beta > 1e-6 * scale
+        q = w * ops.where(ok, 1.0 / ops.where(ok, beta, 1.0), 0.0)
+        betas.append(ops.where(ok, beta, 0.0))
+        valid.append(ok)
+        basis.append(q)
+        w = _flat(matvec(_unflat(q, like)))
+    alpha = ops.stack(alphas)
+    tridiagonal = ops.diag(alpha)
+    if betas:
+        off = ops.pad(ops.diag(ops.stack(betas)), [[0, 1], [1, 0]])
+        tridiagonal = tridiagonal + off + ops.transpose(off)
+    # eigh raises on a non-finite matrix (a NaN product): decompose zeros
+    # instead and report a NaN eigenvalue, which the caller rejects.
+    finite = ops.all(ops.isfinite(tridiagonal))
+    theta, y = ops.eigh(ops.where(finite, tridiagonal, ops.zeros_like(tridiagonal)))
+    # A Ritz vector that lives on zero basis vectors (after a breakdown) is
+    # spurious: its Ritz value is 0 whatever H is.
+    mass = ops.matmul(ops.cast(ops.stack(valid), y.dtype), ops.square(y))
+    score = ops.where(mass > 0.5, theta, ops.full_like(theta, -float("inf")))
+    index = ops.argmax(score)
+    coefficients = ops.take(y, index, axis=1)
+    # `eigh` returns either sign (LAPACK and XLA differ): take the one along
+    # the start vector, so that a warm-started estimate keeps its sign and
+    # every backend finds the same vector.
+    coefficients = coefficients * ops.where(coefficients[0] < 0, -1.0, 1.0)
+    vector = _sum_scaled(basis[: len(alphas)], [coefficients[i] for i in range(len(alphas))])
+    vector, _ = linalg.normalize([vector])
+    eigenvalue = ops.where(finite, ops.take(theta, index), float("nan"))
+    return eigenvalue, _unflat(vector[0], like)
+
+
+def _sum_scaled(vectors, coefficients):
+    """`Σ coefficients[i] · vectors[i]` of flat tensors, one at a time."""
+    total = coefficients[0] * vectors[0]
+    for c, v in zip(coefficients[1:], vectors[1:]):
+        total = total + c * v
+    return total
+
+
+def _flat(tensors):
+    return ops.concatenate([ops.reshape(t, (-1,)) for t in tensors])
+
+
+def _unflat(flat, like):
+    sizes = [int(np.prod(t.shape)) for t in like]
+    pieces = ops.split(flat, np.cumsum(sizes)[:-1].tolist()) if len(like) > 1 else [flat]
+    return [ops.reshape(p, t.shape) for p, t in zip(pieces, like)]

@@ -232,7 +232,7 @@ class StepContext:
 
     def with_hessian(
         self, pred, fn, default, *, training=False, mode="reverse_over_reverse",
-        examples=None, microbatch_size=None,
+        examples=None, microbatch_size=None, curvature="hessian",
     ):
         """`fn(matvec)` if the scalar boolean `pred`, else `default`.
 
@@ -249,10 +249,14 @@ class StepContext:
         the first `ceil(examples / num_replicas)` of each replica's shard.
         With `microbatch_size` (an int), each product is accumulated over
         micro-batches of that many examples of each replica's shard (see
-        `keras_eigensam.hessian.make_microbatched_hvp`).
+        `keras_eigensam.hessian.make_microbatched_hvp`). With
+        `curvature="ggn"`, `matvec` is the product of the generalized
+        Gauss-Newton matrix of the loss instead (split at the model's
+        output; `mode` and `microbatch_size` do not apply; see
+        `keras_eigensam.hessian.make_ggn_product`).
         """
         return self._with_hessian(
-            pred, fn, default, training, mode, examples, microbatch_size
+            pred, fn, default, training, mode, examples, microbatch_size, curvature
         )
 
     def all_reduce_mean(self, values):

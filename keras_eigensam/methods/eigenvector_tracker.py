@@ -9,16 +9,19 @@ and computes the per-step curvature metrics.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_eigensam import linalg
 from keras_eigensam import validation
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
+from keras_eigensam.hessian.lanczos import lanczos_top_eigenpair
 from keras_eigensam.hessian.power_iteration import power_iteration
 
 WHICH = ("largest", "magnitude")
+
+#: The matrices whose top eigenvector a tracker can follow.
+CURVATURES = ("hessian", "ggn")
 
 #: Names of the per-step metrics, fixed (they appear in History).
 METRIC_NAMES = ("top_eigenvalue", "eigen_alignment", "grad_eigen_cosine")
@@ -34,6 +37,7 @@ ARGUMENTS = (
     "seed",
     "hessian_batch_size",
     "hessian_microbatch_size",
+    "curvature",
 )
 
 
@@ -126,6 +130,20 @@ class EigenvectorTracker:
             refresh about 2.3× as long (`benchmarks/steps_microbatch.md`).
             Defaults to `None`: one recorded pass over the whole (Hessian)
             batch.
+        curvature: `"hessian"`, or `"ggn"`: the top eigenvector of the
+            generalized Gauss-Newton matrix `Jᵀ ∇²_f L J` instead (split at
+            the model's output, which must be one tensor; positive
+            semi-definite for a convex loss such as cross-entropy on logits;
+            see `keras_eigensam.hessian.GGNOperator`). Its products take
+            first derivatives only, one forward pass with a forward-mode JVP
+            and one backward pass each, so a refresh keeps no second
+            backward pass's activations. The GGN drops the Hessian's term in
+            the model's own second derivatives, so its top eigenvector
+            approximates the Hessian's, closely where the top eigenvalue is
+            dominated by the Gauss-Newton part (usual for cross-entropy):
+            check it on your model. `hvp_mode` and
+            `hessian_microbatch_size` do not apply. Defaults to
+            `"hessian"`, the papers' matrix.
 
     Raises:
         ValueError: if an argument is out of range or unknown.
@@ -154,6 +172,7 @@ class EigenvectorTracker:
         seed=None,
         hessian_batch_size=None,
         hessian_microbatch_size=None,
+        curvature="hessian",
     ):
         self.refresh_every = validation.check_int(
             "refresh_every", refresh_every, minimum=1
@@ -199,6 +218,16 @@ class EigenvectorTracker:
                 "hessian_microbatch_size", hessian_microbatch_size, minimum=1
             )
         self.hessian_microbatch_size = hessian_microbatch_size
+        self.curvature = validation.check_choice("curvature", curvature, CURVATURES)
+        if self.curvature == "ggn" and (
+            hessian_microbatch_size is not None or self.hvp_mode != DEFAULT_HVP_MODE
+        ):
+            raise ValueError(
+                "`hvp_mode` and `hessian_microbatch_size` set how Hessian-vector "
+                "products are computed; with curvature='ggn' they do not apply. "
+                f"Received: curvature='ggn', hvp_mode={self.hvp_mode!r}, "
+                f"hessian_microbatch_size={hessian_microbatch_size!r}"
+            )
         if seed is not None:
             seed = validation.check_int("seed", seed)
         self.seed = seed
@@ -218,6 +247,7 @@ class EigenvectorTracker:
             "seed": self.seed,
             "hessian_batch_size": self.hessian_batch_size,
             "hessian_microbatch_size": self.hessian_microbatch_size,
+            "curvature": self.curvature,
         }
 
     def build(self, layer, variable_shapes):
@@ -298,6 +328,7 @@ class EigenvectorTracker:
             mode=self.hvp_mode,
             examples=self.hessian_batch_size,
             microbatch_size=self.hessian_microbatch_size,
+            curvature=self.curvature,
         )
         for variable, value in zip(self.vector, vector):
             context.assign(variable, value)
@@ -394,104 +425,6 @@ class EigenvectorTracker:
             ),
             "grad_eigen_cosine": ops.abs(self.grad_cosine(context)),
         }
-
-
-def lanczos_top_eigenpair(matvec, v0, num_matvecs, unit_start=False):
-    """Largest (algebraic) Ritz pair after `num_matvecs` Lanczos steps from `v0`.
-
-    Lanczos with full reorthogonalisation (twice, classical Gram-Schmidt)
-    builds an orthonormal basis `Q` of the Krylov space
-    `span{v0, Hv0, …, H^(m−1) v0}` and the tridiagonal `T = QᵀHQ`; the
-    largest eigenvalue θ of `T` and `v = Q y` (its eigenvector `y`) are the
-    best estimate of `(λ_max, v_max)` that the space holds, never worse than
-    the Rayleigh quotient of `v0`. The loop is unrolled in Python (no
-    `while_loop`, so `matvec` may all-reduce through `merge_call`), and the
-    basis is kept as `m` flattened vectors, reorthogonalised against one at
-    a time (never stacked into an `(m, n)` copy). Flat, not lists shaped
-    like the variables: XLA compiles the per-variable form of the
-    reorthogonalisation far more slowly (ResNet-18's refresh phase 146 s
-    against 71 s; 12 steps on a 4-variable MLP 154 s against 4 s), for at
-    most two parameter-sized copies saved (the product's input and output).
-    On breakdown (an invariant subspace) later basis vectors are zero and
-    their spurious Ritz values are ignored.
-
-    Args:
-        matvec: Function `vectors -> H·vectors` (lists of tensors).
-        v0: Start vector (list of tensors), not zero.
-        num_matvecs: Number of products, a Python int >= 1.
-        unit_start: Whether `v0` has unit norm already (then it is not
-            normalised again). Defaults to `False`.
-
-    Returns:
-        `(eigenvalue, eigenvector)`: a scalar tensor and a unit-norm list of
-        tensors, signed so that `<eigenvector, v0> >= 0`.
-    """
-    like = list(v0)
-    start = like if unit_start else linalg.normalize(like)[0]
-    q = _flat(start)
-    basis, alphas, betas, valid = [q], [], [], [ops.convert_to_tensor(True)]
-    w = _flat(matvec(start))
-    for j in range(num_matvecs):
-        alphas.append(ops.sum(q * w))
-        if j == num_matvecs - 1:
-            break
-        for _ in range(2):
-            # Classical Gram-Schmidt against each basis vector in turn, not
-            # one stacked (j, n) matrix: a stack would copy the basis at
-            # every step (5 copies of the parameters for ResNet-18).
-            coefficients = [ops.sum(b * w) for b in basis]
-            w = w - _sum_scaled(basis, coefficients)
-        beta = linalg.global_norm([w])
-        scale = ops.max(ops.abs(ops.stack(alphas))) + (
-            ops.max(ops.stack(betas)) if betas else 0.0
-        )
-        ok = beta > 1e-6 * scale
-        q = w * ops.where(ok, 1.0 / ops.where(ok, beta, 1.0), 0.0)
-        betas.append(ops.where(ok, beta, 0.0))
-        valid.append(ok)
-        basis.append(q)
-        w = _flat(matvec(_unflat(q, like)))
-    alpha = ops.stack(alphas)
-    tridiagonal = ops.diag(alpha)
-    if betas:
-        off = ops.pad(ops.diag(ops.stack(betas)), [[0, 1], [1, 0]])
-        tridiagonal = tridiagonal + off + ops.transpose(off)
-    # eigh raises on a non-finite matrix (a NaN product): decompose zeros
-    # instead and report a NaN eigenvalue, which the caller rejects.
-    finite = ops.all(ops.isfinite(tridiagonal))
-    theta, y = ops.eigh(ops.where(finite, tridiagonal, ops.zeros_like(tridiagonal)))
-    # A Ritz vector that lives on zero basis vectors (after a breakdown) is
-    # spurious: its Ritz value is 0 whatever H is.
-    mass = ops.matmul(ops.cast(ops.stack(valid), y.dtype), ops.square(y))
-    score = ops.where(mass > 0.5, theta, ops.full_like(theta, -float("inf")))
-    index = ops.argmax(score)
-    coefficients = ops.take(y, index, axis=1)
-    # `eigh` returns either sign (LAPACK and XLA differ): take the one along
-    # the start vector, so that a warm-started estimate keeps its sign and
-    # every backend finds the same vector.
-    coefficients = coefficients * ops.where(coefficients[0] < 0, -1.0, 1.0)
-    vector = _sum_scaled(basis[: len(alphas)], [coefficients[i] for i in range(len(alphas))])
-    vector, _ = linalg.normalize([vector])
-    eigenvalue = ops.where(finite, ops.take(theta, index), float("nan"))
-    return eigenvalue, _unflat(vector[0], like)
-
-
-def _sum_scaled(vectors, coefficients):
-    """`Σ coefficients[i] · vectors[i]` of flat tensors, one at a time."""
-    total = coefficients[0] * vectors[0]
-    for c, v in zip(coefficients[1:], vectors[1:]):
-        total = total + c * v
-    return total
-
-
-def _flat(tensors):
-    return ops.concatenate([ops.reshape(t, (-1,)) for t in tensors])
-
-
-def _unflat(flat, like):
-    sizes = [int(np.prod(t.shape)) for t in like]
-    pieces = ops.split(flat, np.cumsum(sizes)[:-1].tolist()) if len(like) > 1 else [flat]
-    return [ops.reshape(p, t.shape) for p, t in zip(pieces, like)]
 
 
 def _normal(seed):

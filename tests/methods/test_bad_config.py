@@ -56,6 +56,9 @@ BAD = {
         r"`hessian_microbatch_size` must be an integer >= 1. Received: "
         r"hessian_microbatch_size=0",
     ),
+    "curvature": (
+        "fisher", ValueError, r"`curvature` must be one of .*Received: curvature='fisher'"
+    ),
     "seed": ("0", TypeError, r"`seed` must be an integer. Received: seed='0'"),
     "track_eigen": ("yes", TypeError, r"`track_eigen` must be a bool. Received: track_eigen='yes'"),
     "eta": (-0.01, ValueError, r"`eta` must be a float >= 0.0. Received: eta=-0.01"),
