@@ -198,14 +198,18 @@ def test_refresh_happens_exactly_every_k_steps(steps_per_execution, jit_compile)
 # ---------------------------------------------------------------- distribution
 
 
-def test_mirrored_eigenvector_identical_and_equal_to_single_device(mirrored_strategy):
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_mirrored_eigenvector_identical_and_equal_to_single_device(
+    mirrored_strategy, curvature
+):
     x, y = tiny.data(n=16)
     # Five products, each all-reduced over the replicas (each one adds ~1 s
     # of tracing under the strategy).
-    single = _model(ks.EigenSAM(refresh_every=100, power_iterations=5, seed=3))
+    method = dict(refresh_every=100, power_iterations=5, seed=3, curvature=curvature)
+    single = _model(ks.EigenSAM(**method))
     tiny.fit_steps(single, x, y, 16, 1)
     with mirrored_strategy.scope():
-        mirrored = _model(ks.EigenSAM(refresh_every=100, power_iterations=5, seed=3))
+        mirrored = _model(ks.EigenSAM(**method))
     tiny.fit_steps(mirrored, x, y, 16, 1)
     for var_single, var_mirrored in zip(
         single.method.tracker.vector, mirrored.method.tracker.vector

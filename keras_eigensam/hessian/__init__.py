@@ -8,8 +8,8 @@ Two layers:
    recorded forward and backward pass for many products),
    `make_microbatched_hvp` (a `matvec` accumulated over micro-batches, for
    bounded memory), `make_ggn_product` (the generalized Gauss-Newton
-   matrix's, first derivatives only), `power_iteration` and
-   `lanczos_top_eigenpair`. Nothing there all-reduces; the caller does.
+   matrix's, first derivatives only) and `power_iteration`. Nothing there
+   all-reduces; the caller does.
 2. Analysis tools, called eagerly between epochs or after training:
    curvature operators of a Keras model's mean loss over one batch or a
    whole data set (`HessianOperator`, `GGNOperator`,
@@ -51,7 +51,6 @@ from keras_eigensam.hessian.hvp import hvp
 from keras_eigensam.hessian.hvp import make_hvp
 from keras_eigensam.hessian.hvp import make_microbatched_hvp
 from keras_eigensam.hessian.lanczos import lanczos_eigenpairs
-from keras_eigensam.hessian.lanczos import lanczos_top_eigenpair
 from keras_eigensam.hessian.lanczos import WHICH
 from keras_eigensam.hessian.eigenpairs import EIGEN_METHODS
 from keras_eigensam.hessian.eigenpairs import Eigenpairs
@@ -90,7 +89,6 @@ __all__ = [
     "hutchpp_trace",
     "hvp",
     "lanczos_eigenpairs",
-    "lanczos_top_eigenpair",
     "make_ggn_product",
     "make_hvp",
     "make_microbatched_hvp",

@@ -141,7 +141,13 @@ class EigenvectorTracker:
             the model's own second derivatives, so its top eigenvector
             approximates the Hessian's, closely where the top eigenvalue is
             dominated by the Gauss-Newton part (usual for cross-entropy):
-            check it on your model. `hvp_mode` and
+            check it on your model. ResNet-18, batch 64: a refresh costs
+            5.6 SGD steps with XLA instead of 9.3 (7.6 instead of 10.7
+            without), its step peaks at 3.1× a SAM step's instead of 4.6×
+            (`benchmarks/steps_ggn.md`), and X-SAM's tracked vector keeps a
+            median |cos| of 0.93 to the Hessian's converged top
+            eigenvector against 0.95 with Hessian products
+            (`benchmarks/eigenvector_resnet18_ggn.md`). `hvp_mode` and
             `hessian_microbatch_size` do not apply. Defaults to
             `"hessian"`, the papers' matrix.
 
