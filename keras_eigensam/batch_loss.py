@@ -29,12 +29,9 @@ def example_losses(model, x, y, y_pred, sample_weight):
     if sample_weight is None:
         sample_weight = ops.ones((batch_size,), "float32")
 
-    # Weight regularisers read their variables from the scope's mapping;
-    # their terms do not depend on the sample weights.
-    own_values = [(v, v.value) for v in model.trainable_variables]
-
+    # Weight regularisers' terms do not depend on the sample weights.
     def weighted_loss(values):
-        with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
+        with _own_variables(model):
             loss_ = model._loss(x, y, y_pred, values[0])
         return ops.cast(loss_, "float32")
 
@@ -60,24 +57,17 @@ def hessian_runner(model, x, y, sample_weight):
                     (x, y, sample_weight),
                 )
             def loss_fn(part):
-                # Reads the variables themselves (so they can be
-                # differentiated, also by weight regularisers) and
-                # discards any state write, such as BatchNormalization
-                # statistics in training mode. True scale, float32: a
-                # loss-scaled product overflows in float16 where the
-                # gradient does not.
+                # True scale, float32: a loss-scaled product overflows in
+                # float16 where the gradient does not.
                 x, y, sample_weight = part
-                own_values = [(v, v.value) for v in model.trainable_variables]
-                with keras.StatelessScope(
-                    state_mapping=own_values, collect_losses=True
-                ):
+                with _own_variables(model):
                     y_pred = model._forward(x, training=training)
                     loss = model._loss(x, y, y_pred, sample_weight)
                 return ops.cast(loss, "float32")
 
             batch = (x, y, sample_weight)
             if curvature == "ggn":
-                local_matvec = _ggn_product(model, batch, training)
+                local_matvec = _ggn_product(model, batch, training, microbatch_size)
             elif microbatch_size is None:
                 local_matvec = make_hvp(
                     lambda: loss_fn(batch), model.trainable_variables, mode=mode
@@ -102,30 +92,47 @@ def hessian_runner(model, x, y, sample_weight):
     return with_hessian
 
 
-def _ggn_product(model, batch, training):
-    """`make_ggn_product` of `model`'s compiled loss on `batch`, split at
-    the model's output (which must be one tensor), at true scale in
-    float32."""
-    x, y, sample_weight = batch
+def _ggn_product(model, batch, training, microbatch_size):
+    """The Gauss-Newton `matvec` of `model`'s compiled loss on `batch`
+    (`make_ggn_product`, split at the model's output, which must be one
+    tensor), at true scale in float32; with `microbatch_size`, accumulated
+    over micro-batches of that many examples."""
 
-    def outputs():
-        own_values = [(v, v.value) for v in model.trainable_variables]
-        with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
-            y_pred = model._forward(x, training=training)
-        if len(keras.tree.flatten(y_pred)) != 1:
-            raise ValueError(
-                "curvature='ggn' needs a model with one output tensor (the "
-                "Gauss-Newton split is at the output). Received: an output "
-                f"structure of {len(keras.tree.flatten(y_pred))} tensors; use "
-                "curvature='hessian'."
-            )
-        return ops.cast(keras.tree.flatten(y_pred)[0], "float32")
+    def part_product(part):
+        x, y, sample_weight = part
 
-    def loss(y_pred):
-        # Weight regularisers read their variables from the mapping; they
-        # do not depend on the output, so they add nothing to the product.
-        own_values = [(v, v.value) for v in model.trainable_variables]
-        with keras.StatelessScope(state_mapping=own_values, collect_losses=True):
-            return ops.cast(model._loss(x, y, y_pred, sample_weight), "float32")
+        def outputs():
+            with _own_variables(model):
+                y_pred = keras.tree.flatten(model._forward(x, training=training))
+            if len(y_pred) != 1:
+                raise ValueError(
+                    "curvature='ggn' needs a model with one output tensor (the "
+                    "Gauss-Newton split is at the output). Received: an output "
+                    f"structure of {len(y_pred)} tensors; use curvature='hessian'."
+                )
+            return ops.cast(y_pred[0], "float32")
 
-    return make_ggn_product(outputs, loss, model.trainable_variables)
+        def loss(y_pred):
+            # Weight regularisers do not depend on the output, so they add
+            # nothing to the product.
+            with _own_variables(model):
+                return ops.cast(model._loss(x, y, y_pred, sample_weight), "float32")
+
+        return make_ggn_product(outputs, loss, model.trainable_variables)
+
+    if microbatch_size is None:
+        return part_product(batch)
+    return autodiff.microbatched_sum(
+        lambda part, tangents: part_product(part)(tangents), batch, microbatch_size
+    )
+
+
+def _own_variables(model):
+    """A scope in which `model` reads its trainable variables themselves (so
+    that they can be differentiated, also by weight regularisers) and
+    discards any state write (BatchNormalization statistics in training
+    mode)."""
+    return keras.StatelessScope(
+        state_mapping=[(v, v.value) for v in model.trainable_variables],
+        collect_losses=True,
+    )

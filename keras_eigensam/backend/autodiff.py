@@ -256,20 +256,21 @@ def persistent_hvp(loss_fn, primals):
     return matvec
 
 
-def microbatched_hvp(loss_fn, batch, primals, mode, size):
-    """`matvec(tangents)` summing products over micro-batches, one at a time.
+def microbatched_sum(product, batch, size):
+    """`matvec(tangents)` summing a product over micro-batches, one at a time.
 
     `batch` is a structure of tensors (or `None`s) sharing a leading axis of
-    `n` examples, and `loss_fn(part)` the mean loss on a part of it. The
-    batch is cut into `m = ceil(n / size)` micro-batches, the first of
-    `n − (m − 1)·size` examples and the others of `size`, and
+    `n` examples, and `product(part, tangents)` a curvature product (a list
+    of tensors) of the mean loss on a part of it. The batch is cut into
+    `m = ceil(n / size)` micro-batches, the first of `n − (m − 1)·size`
+    examples and the others of `size`, and
 
     ```
-    matvec(v) = Σ_c (n_c / n) · H_c·v      (H_c: Hessian of loss_fn(part c))
+    matvec(v) = Σ_c (n_c / n) · product(part c, v)
     ```
 
-    which is the product of the whole batch's Hessian when the loss is a
-    mean over examples plus terms that do not depend on them (weight
+    which is the whole batch's product (Hessian, Gauss-Newton) when the loss
+    is a mean over examples plus terms that do not depend on them (weight
     regularisers). The micro-batches are visited by a `tf.while_loop` with
     `parallel_iterations=1`, each product recorded and freed in turn, so the
     activations alive are one micro-batch's; every micro-batch after the
@@ -286,15 +287,13 @@ def microbatched_hvp(loss_fn, batch, primals, mode, size):
     size = tf.minimum(size, n)
     count = (n + size - 1) // size
     first = n - (count - 1) * size
-    dtype = primals[0].dtype
-    total = tf.cast(n, dtype)
 
     def rows(start, length):
         return tf.nest.map_structure(lambda t: _rows(t, start, length), batch)
 
     def weighted(part_batch, examples, tangents):
-        products = hvp(lambda: loss_fn(part_batch), primals, tangents, mode)
-        weight = tf.cast(examples, dtype) / total
+        products = product(part_batch, tangents)
+        weight = tf.cast(examples, tangents[0].dtype) / tf.cast(n, tangents[0].dtype)
         return [weight * p for p in products]
 
     def matvec(tangents):

@@ -238,5 +238,9 @@ def make_microbatched_hvp(
             f"batch={batch!r}"
         )
     primals = autodiff.primals(variables)
-    matvec = autodiff.microbatched_hvp(loss_fn, batch, primals, mode, microbatch_size)
+    matvec = autodiff.microbatched_sum(
+        lambda part, tangents: autodiff.hvp(lambda: loss_fn(part), primals, tangents, mode),
+        batch,
+        microbatch_size,
+    )
     return lambda vectors: matvec(autodiff.tangents(vectors, primals))

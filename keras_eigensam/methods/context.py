@@ -252,7 +252,7 @@ class StepContext:
         `keras_eigensam.hessian.make_microbatched_hvp`). With
         `curvature="ggn"`, `matvec` is the product of the generalized
         Gauss-Newton matrix of the loss instead (split at the model's
-        output; `mode` and `microbatch_size` do not apply; see
+        output; `mode` does not apply; see
         `keras_eigensam.hessian.make_ggn_product`).
         """
         return self._with_hessian(

@@ -147,8 +147,9 @@ class EigenvectorTracker:
             (`benchmarks/steps_ggn.md`), and X-SAM's tracked vector keeps a
             median |cos| of 0.93 to the Hessian's converged top
             eigenvector against 0.95 with Hessian products
-            (`benchmarks/eigenvector_resnet18_ggn.md`). `hvp_mode` and
-            `hessian_microbatch_size` do not apply. Defaults to
+            (`benchmarks/eigenvector_resnet18_ggn.md`). `hvp_mode` does
+            not apply; `hessian_microbatch_size` accumulates the products
+            over micro-batches as for the Hessian. Defaults to
             `"hessian"`, the papers' matrix.
 
     Raises:
@@ -225,14 +226,11 @@ class EigenvectorTracker:
             )
         self.hessian_microbatch_size = hessian_microbatch_size
         self.curvature = validation.check_choice("curvature", curvature, CURVATURES)
-        if self.curvature == "ggn" and (
-            hessian_microbatch_size is not None or self.hvp_mode != DEFAULT_HVP_MODE
-        ):
+        if self.curvature == "ggn" and self.hvp_mode != DEFAULT_HVP_MODE:
             raise ValueError(
-                "`hvp_mode` and `hessian_microbatch_size` set how Hessian-vector "
-                "products are computed; with curvature='ggn' they do not apply. "
-                f"Received: curvature='ggn', hvp_mode={self.hvp_mode!r}, "
-                f"hessian_microbatch_size={hessian_microbatch_size!r}"
+                "`hvp_mode` sets how Hessian-vector products are computed; with "
+                "curvature='ggn' it does not apply. Received: curvature='ggn', "
+                f"hvp_mode={self.hvp_mode!r}"
             )
         if seed is not None:
             seed = validation.check_int("seed", seed)

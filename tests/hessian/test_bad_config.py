@@ -9,7 +9,6 @@ traced: the operators are built on a two-weight model and never multiply.
 """
 
 import inspect
-import os
 
 import keras
 import numpy as np
