@@ -16,3 +16,13 @@ def switch(index, branches):
     """`branches[index]()` for an integer scalar tensor `index`: a graph
     conditional that runs only the branch taken."""
     return tf.switch_case(tf.cast(index, tf.int32), branches)
+
+
+def after(dependencies, tensors):
+    """`tensors` (a list), read only once every tensor of `dependencies` is
+    computed: orders work that does not depend on them by data, such as a
+    pass that would otherwise run alongside another and keep both passes'
+    activations alive at once (eagerly, where everything runs in order, the
+    same tensors)."""
+    with tf.control_dependencies(list(dependencies)):
+        return [tf.identity(t) for t in tensors]
