@@ -13,6 +13,7 @@ from keras_eigensam import phases
 from keras_eigensam import weight_average
 from keras_eigensam.backend import autodiff
 from keras_eigensam.backend import distribute
+from keras_eigensam.backend import tracing
 from keras_eigensam.methods.context import StepContext
 from keras_eigensam.methods.context import gather_examples
 
@@ -39,7 +40,10 @@ def train_step(model, data, phase=None):
             xs, ys, weights_ = (
                 gather_examples(t, examples) for t in (x, y, sample_weight)
             )
-        perturbed = linalg.add(weights, perturbation)
+        # After this step's eigenvector refresh, if any: a pass that does
+        # not need the vector (X-SAM's) would otherwise run alongside the
+        # refresh, both passes' activations alive at once.
+        perturbed = tracing.after(refreshed, linalg.add(weights, perturbation))
 
         # Second pass, on perturbed values: it writes no variable, and
         # reads the state from before the first pass, so dropout replays
@@ -63,6 +67,7 @@ def train_step(model, data, phase=None):
         return _scaled(raw, to_true_scale * poison)
 
     first_pred = []
+    refreshed = []
 
     def example_losses(perturbation):
         if perturbation is None:
@@ -127,7 +132,7 @@ def train_step(model, data, phase=None):
     context.grads = grads
     context.loss = true_loss
     if model.method.tracker is not None:
-        model.method.tracker.refresh(context)
+        refreshed.extend(model.method.tracker.refresh(context))
     descent = _scaled(model.method.descent(context), 1.0 / to_true_scale)
 
     # Apply, only if the descent gradient and the first-pass loss are

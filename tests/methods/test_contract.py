@@ -201,6 +201,9 @@ def test_xla_and_steps_per_execution_take_the_same_steps(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_mixed_float16_trains(name):
+    # Seeded: an unseeded shuffle made the loss of two short epochs rise
+    # now and then (1.348 to 1.369 once), whatever the method.
+    keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy("mixed_float16")
     x, y = tiny.data(n=32)
     model = _model(name)
