@@ -1,4 +1,5 @@
-"""Compiling a Python function into one TensorFlow graph."""
+"""Compiling a Python function into one TensorFlow graph: `tf.function`,
+conditionals, and the order of work that does not depend on other work."""
 
 import tensorflow as tf
 

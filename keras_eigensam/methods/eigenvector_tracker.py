@@ -129,6 +129,12 @@ class EigenvectorTracker:
             of 8: 2.8× instead of 4.8× (what remains is mostly
             parameter-sized vectors, the Lanczos basis among them), the
             refresh about 2.3× as long (`benchmarks/steps_microbatch.md`).
+            With `curvature="ggn"` the products are accumulated the same
+            way, also exactly: ResNet-18, batch 64, micro-batches of 16:
+            refresh-step peak 1.34–1.44× a SAM step's instead of 2.2–2.4×
+            (X-SAM 1.4–1.65×), a refresh 6.4 SGD steps with XLA and 8.6
+            without instead of 4.7 and 6.4
+            (`benchmarks/steps_ggn_microbatch.md`).
             Defaults to `None`: one recorded pass over the whole (Hessian)
             batch.
         curvature: `"hessian"`, or `"ggn"`: the top eigenvector of the
@@ -143,9 +149,12 @@ class EigenvectorTracker:
             approximates the Hessian's, closely where the top eigenvalue is
             dominated by the Gauss-Newton part (usual for cross-entropy):
             check it on your model. ResNet-18, batch 64: a refresh costs
-            5.6 SGD steps with XLA instead of 9.3 (7.6 instead of 10.7
-            without), its step peaks at 3.1× a SAM step's instead of 4.6×
-            (`benchmarks/steps_ggn.md`), and X-SAM's tracked vector keeps a
+            4.7–5.6 SGD steps with XLA instead of 8.1–9.3 (6.4–7.6 instead
+            of 9.8–10.7 without), its step peaks at 2.2–2.4× a SAM step's
+            instead of 3.8–4.2× (`benchmarks/steps_ggn.md`,
+            `benchmarks/steps_ggn_microbatch.md`; the peaks from the
+            latter, since the refresh waits for the first pass), and
+            X-SAM's tracked vector keeps a
             median |cos| of 0.93 to the Hessian's converged top
             eigenvector against 0.95 with Hessian products
             (`benchmarks/eigenvector_resnet18_ggn.md`). `hvp_mode` does
