@@ -134,7 +134,9 @@ class EigenvectorTracker:
             refresh-step peak 1.34–1.44× a SAM step's instead of 2.2–2.4×
             (X-SAM 1.4–1.65×), a refresh 6.4 SGD steps with XLA and 8.6
             without instead of 4.7 and 6.4
-            (`benchmarks/steps_ggn_microbatch.md`).
+            (`benchmarks/steps_ggn_microbatch.md`); batch 128: 1.10×
+            instead of 2.08×, in the same time
+            (`benchmarks/steps_ggn_microbatch_b128.md`).
             Defaults to `None`: one recorded pass over the whole (Hessian)
             batch.
         curvature: `"hessian"`, or `"ggn"`: the top eigenvector of the
