@@ -24,6 +24,11 @@ def after(dependencies, tensors):
     computed: orders work that does not depend on them by data, such as a
     pass that would otherwise run alongside another and keep both passes'
     activations alive at once (eagerly, where everything runs in order, the
-    same tensors)."""
-    with tf.control_dependencies(list(dependencies)):
+    same tensors). Without dependencies, `tensors` themselves (no op is
+    added: the train step calls it on every step, with or without a
+    tracker)."""
+    dependencies = list(dependencies)
+    if not dependencies:
+        return list(tensors)
+    with tf.control_dependencies(dependencies):
         return [tf.identity(t) for t in tensors]
