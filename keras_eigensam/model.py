@@ -25,8 +25,8 @@ class SharpnessAwareModel(keras.Model):
     (SAM and most methods: one second pass on the same batch):
 
     ```
-    g   = ∇L_B(w)                        # First pass (updates BN statistics)
     v   = tracker.refresh(ctx)           # if the method tracks the eigenvector
+    g   = ∇L_B(w)                        # First pass (updates BN statistics)
     d   = method.descent(ctx)            # SAM: ctx.gradient_at(ρ·g/‖g‖),
                                          #   a second pass that writes no
                                          #   variable and replays dropout masks

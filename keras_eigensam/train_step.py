@@ -40,10 +40,7 @@ def train_step(model, data, phase=None):
             xs, ys, weights_ = (
                 gather_examples(t, examples) for t in (x, y, sample_weight)
             )
-        # After this step's eigenvector refresh, if any: a pass that does
-        # not need the vector (X-SAM's) would otherwise run alongside the
-        # refresh, both passes' activations alive at once.
-        perturbed = tracing.after(refreshed, linalg.add(weights, perturbation))
+        perturbed = linalg.add(weights, perturbation)
 
         # Second pass, on perturbed values: it writes no variable, and
         # reads the state from before the first pass, so dropout replays
@@ -99,13 +96,18 @@ def train_step(model, data, phase=None):
     )
     first_perturbation = model.method.first_pass_perturbation(context)
     context.first_pass_perturbation = first_perturbation
+    # The eigenvector refresh, if due, before the first pass, which waits
+    # for it: nothing of the step is alive during the refresh's products
+    # but the weights, where after the first pass its gradient would be.
+    if model.method.tracker is not None:
+        refreshed.extend(model.method.tracker.refresh(context))
 
     # First pass. Its state writes (BatchNormalization statistics, RNG
     # states) are held back and applied only if the step is finite.
     # Mapping each variable to its own value keeps it differentiable and
     # lets weight regularisers read it inside the scope.
     def first_pass():
-        values = [v.value for v in variables]
+        values = tracing.after(refreshed, [v.value for v in variables])
         if first_perturbation is not None:
             values = linalg.add(values, first_perturbation)
         with keras.StatelessScope(
@@ -131,8 +133,6 @@ def train_step(model, data, phase=None):
     true_loss = ops.cast(loss, "float32") * num_replicas
     context.grads = grads
     context.loss = true_loss
-    if model.method.tracker is not None:
-        refreshed.extend(model.method.tracker.refresh(context))
     descent = _scaled(model.method.descent(context), 1.0 / to_true_scale)
 
     # Apply, only if the descent gradient and the first-pass loss are

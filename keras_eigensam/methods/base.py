@@ -4,8 +4,8 @@
 hands the method a `StepContext`; the method returns the descent gradient:
 
 ```
+tracker.refresh(ctx)         v, if the method tracks it          (model)
 # First pass                 g = ∇L_B(w)                         (model)
-tracker.refresh(ctx)         v, if the method tracks it          (method)
 d = method.descent(ctx)      e.g. ctx.gradient_at(e), ctx.cond   (method)
 # Apply                      w ← optimizer(w, d) if d is finite   (model)
 #                            and the staged state writes with it

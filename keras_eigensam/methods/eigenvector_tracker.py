@@ -296,9 +296,10 @@ class EigenvectorTracker:
             "num_failed_refreshes", (), dtype="int64"
         )
 
-    def values(self):
-        """The current estimate, normalised to unit norm (list of tensors)."""
-        unit, _ = linalg.normalize([v.value for v in self.vector])
+    def values(self, after=()):
+        """The current estimate, normalised to unit norm (list of tensors),
+        read once every tensor of `after` is computed."""
+        unit, _ = linalg.normalize(tracing.after(after, [v.value for v in self.vector]))
         return unit
 
     def refresh(self, context):
@@ -318,14 +319,6 @@ class EigenvectorTracker:
             context.memo("eigenvalue", lambda: previous)
             return current
 
-        if context.grads is not None:
-            # The refresh's passes start once the first pass's gradient is
-            # computed: without the wait the executor runs them alongside
-            # the first pass, both passes' activations alive at once
-            # (ResNet-18, batch 64, curvature="ggn": refresh-step peak
-            # 858–883 MiB of tensors with it, 1048–1181 without).
-            current = tracing.after(context.grads, current)
-
         def compute(matvec):
             if self.which == "magnitude":
                 eigenvalue, vector = power_iteration(
@@ -341,7 +334,11 @@ class EigenvectorTracker:
                 ops.logical_and(ops.isfinite(eigenvalue), ops.isfinite(norm)),
                 norm > 0,
             )
-            vector = [ops.where(ok, v, c) for v, c in zip(vector, current)]
+            # The previous estimate, read again once the new one is
+            # computed rather than held through every product (a
+            # parameter-sized copy fewer at the refresh's peak).
+            kept = self.values(after=vector)
+            vector = [ops.where(ok, v, c) for v, c in zip(vector, kept)]
             return vector, ops.where(ok, eigenvalue, previous), ok
 
         vector, eigenvalue, ok = context.with_hessian(
