@@ -506,7 +506,7 @@ def test_parse_method_args():
         (
             ["--method=asam", "--method_args=eta=0.1,alpha=0.1"],
             "Method 'asam' (ASAM) takes no argument `alpha`; its arguments are "
-            "['curvature', 'eta', 'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', "
+            "['curvature', 'eta', 'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', 'lanczos_basis_dtype', "
             "'num_matvecs', "
             "'perturbed_variables', 'refresh_every', 'rho', 'seed', 'tracker', "
             "'which']. Received: alpha=0.1",

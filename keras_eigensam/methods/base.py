@@ -32,7 +32,6 @@ is finite.
 """
 
 import keras
-from keras import ops
 
 from keras_eigensam import validation
 from keras_eigensam.methods import eigenvector_tracker

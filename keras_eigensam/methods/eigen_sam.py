@@ -79,8 +79,8 @@ class EigenSAM(SharpnessMethod):
         **kwargs: `tracker` or the tracker's arguments: `refresh_every`
             (defaults to `100`, the reference's), `num_matvecs` (5), `which`,
             `hessian_training`, `hvp_mode`, `seed`, `hessian_batch_size`,
-            `hessian_microbatch_size` (see
-            `EigenvectorTracker`); and `keras.layers.Layer` arguments.
+            `hessian_microbatch_size`, `curvature`, `lanczos_basis_dtype`
+            (see `EigenvectorTracker`); and `keras.layers.Layer` arguments.
 
     Raises:
         ValueError: if `rho < 0`, `alpha < 0` or a tracker argument is out of

@@ -16,6 +16,7 @@ from keras_eigensam import validation
 from keras_eigensam.backend import tracing
 from keras_eigensam.hessian.hvp import DEFAULT_HVP_MODE
 from keras_eigensam.hessian.hvp import HVP_MODES
+from keras_eigensam.hessian.lanczos import BASIS_DTYPES
 from keras_eigensam.hessian.lanczos import lanczos_top_eigenpair
 from keras_eigensam.hessian.power_iteration import power_iteration
 
@@ -39,6 +40,7 @@ ARGUMENTS = (
     "hessian_batch_size",
     "hessian_microbatch_size",
     "curvature",
+    "lanczos_basis_dtype",
 )
 
 
@@ -128,14 +130,15 @@ class EigenvectorTracker:
             `benchmarks/steps_microbatch_b128.md`); batch 32, micro-batches
             of 8: 2.8× instead of 4.8× (what remains is mostly
             parameter-sized vectors, the Lanczos basis among them), the
-            refresh about 2.3× as long (`benchmarks/steps_microbatch.md`).
-            With `curvature="ggn"` the products are accumulated the same
-            way, also exactly: ResNet-18, batch 64, micro-batches of 16:
-            refresh-step peak 1.34–1.44× a SAM step's instead of 2.2–2.4×
-            (X-SAM 1.4–1.65×), a refresh 6.4 SGD steps with XLA and 8.6
+            refresh about 2.3× as long (`benchmarks/steps_microbatch.md`);
+            batch 64, micro-batches of 16: 1.9–2.0× instead of 4.2–4.3×
+            (two runs). With `curvature="ggn"` the products are accumulated
+            the same way, also exactly: ResNet-18, batch 64, micro-batches
+            of 16: refresh-step peak 1.19× a SAM step's instead of 2.06×
+            (X-SAM 1.23×), a refresh 6.4 SGD steps with XLA and 8.6
             without instead of 4.7 and 6.4
-            (`benchmarks/steps_ggn_microbatch.md`); batch 128: 1.10×
-            instead of 2.08×, in the same time
+            (`benchmarks/steps_ggn_microbatch.md`); batch 128: 1.06×
+            instead of 1.93×, in the same time
             (`benchmarks/steps_ggn_microbatch_b128.md`).
             Defaults to `None`: one recorded pass over the whole (Hessian)
             batch.
@@ -152,10 +155,10 @@ class EigenvectorTracker:
             dominated by the Gauss-Newton part (usual for cross-entropy):
             check it on your model. ResNet-18, batch 64: a refresh costs
             4.7–5.6 SGD steps with XLA instead of 8.1–9.3 (6.4–7.6 instead
-            of 9.8–10.7 without), its step peaks at 2.2–2.4× a SAM step's
-            instead of 3.8–4.2× (`benchmarks/steps_ggn.md`,
+            of 9.8–10.7 without), its step peaks at 2.06× a SAM step's
+            instead of 4.17× (`benchmarks/steps_ggn.md`,
             `benchmarks/steps_ggn_microbatch.md`; the peaks from the
-            latter, since the refresh waits for the first pass), and
+            latter, measured with the refresh before the first pass), and
             X-SAM's tracked vector keeps a
             median |cos| of 0.93 to the Hessian's converged top
             eigenvector against 0.95 with Hessian products
@@ -163,6 +166,19 @@ class EigenvectorTracker:
             not apply; `hessian_microbatch_size` accumulates the products
             over micro-batches as for the Hessian. Defaults to
             `"hessian"`, the papers' matrix.
+        lanczos_basis_dtype: `"float32"`, or `"bfloat16"`: Lanczos
+            (`which="largest"`) keeps its basis between products rounded to
+            bfloat16, half the memory of `num_matvecs − 1` parameter-sized
+            vectors at the refresh's peak, while products, coefficients and
+            the Ritz vector's sum stay float32 (see
+            `keras_eigensam.hessian.lanczos.lanczos_top_eigenpair`). On a 2000×2000
+            test matrix the rounding moves the Ritz value by 1e-5 relative
+            and the vector's |cos| to the eigenvector by 4e-7.
+            ResNet-18, batch 64, tensors alive at the refresh step's peak
+            (one run each): whole-batch Hessian 1588 → 1510 MiB,
+            micro-batches of 16 738 → 674, GGN micro-batches of 16 465 →
+            427, where the SAM passes' own peak (420) is reached.
+            Defaults to `"float32"`.
 
     Raises:
         ValueError: if an argument is out of range or unknown.
@@ -192,6 +208,7 @@ class EigenvectorTracker:
         hessian_batch_size=None,
         hessian_microbatch_size=None,
         curvature="hessian",
+        lanczos_basis_dtype="float32",
     ):
         self.refresh_every = validation.check_int(
             "refresh_every", refresh_every, minimum=1
@@ -244,6 +261,16 @@ class EigenvectorTracker:
                 "curvature='ggn' it does not apply. Received: curvature='ggn', "
                 f"hvp_mode={self.hvp_mode!r}"
             )
+        self.lanczos_basis_dtype = validation.check_choice(
+            "lanczos_basis_dtype", lanczos_basis_dtype, BASIS_DTYPES
+        )
+        if self.which == "magnitude" and self.lanczos_basis_dtype != "float32":
+            raise ValueError(
+                "`lanczos_basis_dtype` sets how Lanczos (which='largest') keeps "
+                "its basis; power iteration (which='magnitude') keeps none. "
+                f"Received: which='magnitude', lanczos_basis_dtype="
+                f"{self.lanczos_basis_dtype!r}"
+            )
         if seed is not None:
             seed = validation.check_int("seed", seed)
         self.seed = seed
@@ -264,6 +291,7 @@ class EigenvectorTracker:
             "hessian_batch_size": self.hessian_batch_size,
             "hessian_microbatch_size": self.hessian_microbatch_size,
             "curvature": self.curvature,
+            "lanczos_basis_dtype": self.lanczos_basis_dtype,
         }
 
     def build(self, layer, variable_shapes):
@@ -327,7 +355,8 @@ class EigenvectorTracker:
             else:
                 # `current` is a unit vector: the first basis vector itself.
                 eigenvalue, vector = lanczos_top_eigenpair(
-                    matvec, current, self.num_matvecs, unit_start=True
+                    matvec, current, self.num_matvecs, unit_start=True,
+                    basis_dtype=self.lanczos_basis_dtype,
                 )
             norm = linalg.global_norm(vector)
             ok = ops.logical_and(

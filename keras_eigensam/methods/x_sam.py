@@ -81,8 +81,8 @@ class XSAM(SharpnessMethod):
         **kwargs: `tracker` or the tracker's arguments: `refresh_every`
             (defaults to `5`), `num_matvecs` (5), `which`,
             `hessian_training`, `hvp_mode`, `seed`, `hessian_batch_size`,
-            `hessian_microbatch_size` (see
-            `EigenvectorTracker`); and `keras.layers.Layer` arguments.
+            `hessian_microbatch_size`, `curvature`, `lanczos_basis_dtype`
+            (see `EigenvectorTracker`); and `keras.layers.Layer` arguments.
 
     Raises:
         ValueError: if an argument is out of range or `correction` unknown.

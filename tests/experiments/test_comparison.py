@@ -66,7 +66,7 @@ def test_split_method_args_gives_each_method_the_keys_it_takes():
         comparison.split_method_args(["sgd", "sam", "asam"], {"eta": 0.1, "correction": "x"})
     assert str(info.value) == (
         "No method of ['sam', 'asam'] takes `correction`; they take ['curvature', 'eta', "
-        "'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', 'num_matvecs', "
+        "'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', 'lanczos_basis_dtype', 'num_matvecs', "
         "'perturbed_variables', 'refresh_every', 'rho', 'seed', 'track_eigen', "
         "'tracker', 'which']. Received: correction='x'"
     )

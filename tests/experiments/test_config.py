@@ -71,7 +71,7 @@ def test_curvature_makes_sam_track_the_eigenvector():
         (
             dict(method="sam", method_args={"alpha": 0.1}),
             "Method 'sam' (SAM) takes no argument `alpha`; its arguments are "
-            "['curvature', 'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', 'num_matvecs', "
+            "['curvature', 'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', 'lanczos_basis_dtype', 'num_matvecs', "
             "'perturbed_variables', 'refresh_every', 'rho', 'seed', 'track_eigen', "
             "'tracker', 'which']. Received: alpha=0.1",
         ),

@@ -59,6 +59,10 @@ BAD = {
     "curvature": (
         "fisher", ValueError, r"`curvature` must be one of .*Received: curvature='fisher'"
     ),
+    "lanczos_basis_dtype": (
+        "float16", ValueError,
+        r"`lanczos_basis_dtype` must be one of .*Received: lanczos_basis_dtype='float16'",
+    ),
     "seed": ("0", TypeError, r"`seed` must be an integer. Received: seed='0'"),
     "track_eigen": ("yes", TypeError, r"`track_eigen` must be a bool. Received: track_eigen='yes'"),
     "eta": (-0.01, ValueError, r"`eta` must be a float >= 0.0. Received: eta=-0.01"),
@@ -150,6 +154,13 @@ def test_combinations_of_arguments():
             lambda: ks.XSAM(tracker=ks.EigenvectorTracker(), num_matvecs=3),
             ValueError,
             r"not both. Received: tracker=<.*EigenvectorTracker.*> and num_matvecs=3",
+        ),
+        (
+            "a bfloat16 Lanczos basis with power iteration",
+            lambda: ks.EigenSAM(which="magnitude", lanczos_basis_dtype="bfloat16"),
+            ValueError,
+            r"power iteration \(which='magnitude'\) keeps none. Received: "
+            r"which='magnitude', lanczos_basis_dtype='bfloat16'",
         ),
         (
             "tracker arguments without a tracker",

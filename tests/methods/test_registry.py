@@ -95,7 +95,7 @@ def test_create_rejects_unknown_arguments_naming_them_and_the_accepted_ones():
     message = str(info.value)
     assert "Method 'asam' (ASAM) takes no argument `alpha`, `gamma`" in message
     assert (
-        "its arguments are ['curvature', 'eta', 'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', "
+        "its arguments are ['curvature', 'eta', 'hessian_batch_size', 'hessian_microbatch_size', 'hessian_training', 'hvp_mode', 'interval', 'lanczos_basis_dtype', "
         "'num_matvecs', 'perturbed_variables', 'refresh_every', 'rho', 'seed', "
         "'tracker', 'which']" in message
     )
