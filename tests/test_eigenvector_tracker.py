@@ -105,6 +105,8 @@ def test_lanczos_with_a_bfloat16_basis_matches_eigh():
     # The option is applied: the rounding shows, at its own scale.
     difference = np.linalg.norm(found["bfloat16"] - found["float32"])
     assert 1e-6 < difference < 1e-2
+    with pytest.raises(ValueError, match=r"`basis_dtype` must be one of .*Received: basis_dtype='float16'"):
+        lanczos_top_eigenpair(matvec, v0, 3, basis_dtype="float16")
 
 
 def test_lanczos_breakdown_on_an_invariant_start():

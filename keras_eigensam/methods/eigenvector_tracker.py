@@ -131,8 +131,8 @@ class EigenvectorTracker:
             of 8: 2.8× instead of 4.8× (what remains is mostly
             parameter-sized vectors, the Lanczos basis among them), the
             refresh about 2.3× as long (`benchmarks/steps_microbatch.md`);
-            batch 64, micro-batches of 16: 1.9–2.0× instead of 4.2–4.3×
-            (two runs). With `curvature="ggn"` the products are accumulated
+            batch 64, micro-batches of 16: 1.92× instead of 3.97×
+            (`benchmarks/steps_lanczos_bfloat16.md`). With `curvature="ggn"` the products are accumulated
             the same way, also exactly: ResNet-18, batch 64, micro-batches
             of 16: refresh-step peak 1.19× a SAM step's instead of 2.06×
             (X-SAM 1.23×), a refresh 6.4 SGD steps with XLA and 8.6
@@ -174,10 +174,19 @@ class EigenvectorTracker:
             `keras_eigensam.hessian.lanczos.lanczos_top_eigenpair`). On a 2000×2000
             test matrix the rounding moves the Ritz value by 1e-5 relative
             and the vector's |cos| to the eigenvector by 4e-7.
-            ResNet-18, batch 64, tensors alive at the refresh step's peak
-            (one run each): whole-batch Hessian 1588 → 1510 MiB,
-            micro-batches of 16 738 → 674, GGN micro-batches of 16 465 →
-            427, where the SAM passes' own peak (420) is reached.
+            It pays where the products' activations are small, with
+            micro-batches: ResNet-18, batch 64, refresh-step peak with
+            micro-batches of 16 1.83× a SAM step's instead of 1.92×, and
+            with `curvature="ggn"` too 1.16×, about where an Eigen-SAM
+            step without a refresh peaks
+            (`benchmarks/steps_lanczos_bfloat16.md`; another run: 738 →
+            674 and 465 → 427 MiB); whole-batch, where the recorded double
+            pass dominates, the difference is within run-to-run noise
+            (3.97× → 4.10× there, 1588 → 1510 MiB in the other run). The
+            refresh takes as long, and X-SAM's tracked vector on ResNet-18
+            keeps a median |cos| of 0.98 to the converged eigenvector
+            (0.965 with float32 in the same run, within the 0.02 that runs
+            differ by: `benchmarks/eigenvector_resnet18_bfloat16.md`).
             Defaults to `"float32"`.
 
     Raises:
