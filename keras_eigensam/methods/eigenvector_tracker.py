@@ -132,9 +132,10 @@ class EigenvectorTracker:
             parameter-sized vectors, the Lanczos basis among them), the
             refresh about 2.3× as long (`benchmarks/steps_microbatch.md`);
             batch 64, micro-batches of 16: 1.92× instead of 3.97×
-            (`benchmarks/steps_lanczos_bfloat16.md`). With `curvature="ggn"` the products are accumulated
-            the same way, also exactly: ResNet-18, batch 64, micro-batches
-            of 16: refresh-step peak 1.19× a SAM step's instead of 2.06×
+            (`benchmarks/steps_lanczos_bfloat16.md`). With
+            `curvature="ggn"` the products are accumulated the same way,
+            also exactly: ResNet-18, batch 64, micro-batches of 16:
+            refresh-step peak 1.19× a SAM step's instead of 2.06×
             (X-SAM 1.23×), a refresh 6.4 SGD steps with XLA and 8.6
             without instead of 4.7 and 6.4
             (`benchmarks/steps_ggn_microbatch.md`); batch 128: 1.06×
@@ -171,9 +172,9 @@ class EigenvectorTracker:
             bfloat16, half the memory of `num_matvecs − 1` parameter-sized
             vectors at the refresh's peak, while products, coefficients and
             the Ritz vector's sum stay float32 (see
-            `keras_eigensam.hessian.lanczos.lanczos_top_eigenpair`). On a 2000×2000
-            test matrix the rounding moves the Ritz value by 1e-5 relative
-            and the vector's |cos| to the eigenvector by 4e-7.
+            `keras_eigensam.hessian.lanczos.lanczos_top_eigenpair`). On a
+            2000×2000 test matrix the rounding moves the Ritz value by 1e-5
+            relative and the vector's |cos| to the eigenvector by 4e-7.
             It pays where the products' activations are small, with
             micro-batches: ResNet-18, batch 64, refresh-step peak with
             micro-batches of 16 1.83× a SAM step's instead of 1.92×, and
