@@ -64,7 +64,6 @@ def train_step(model, data, phase=None):
         return _scaled(raw, to_true_scale * poison)
 
     first_pred = []
-    refreshed = []
 
     def example_losses(perturbation):
         if perturbation is None:
@@ -99,8 +98,9 @@ def train_step(model, data, phase=None):
     # The eigenvector refresh, if due, before the first pass, which waits
     # for it: nothing of the step is alive during the refresh's products
     # but the weights, where after the first pass its gradient would be.
+    refreshed = []
     if model.method.tracker is not None:
-        refreshed.extend(model.method.tracker.refresh(context))
+        refreshed = model.method.tracker.refresh(context)
 
     # First pass. Its state writes (BatchNormalization statistics, RNG
     # states) are held back and applied only if the step is finite.

@@ -282,9 +282,9 @@ def lanczos_top_eigenpair(
     like = list(v0)
     start = like if unit_start else linalg.normalize(like)[0]
     q = _flat(start)
-    store = (lambda t: t) if basis_dtype == "float32" else (
-        lambda t: ops.cast(t, basis_dtype)
-    )
+    def store(vector):
+        return vector if basis_dtype == "float32" else ops.cast(vector, basis_dtype)
+
     basis, alphas, betas, valid = [store(q)], [], [], [ops.convert_to_tensor(True)]
     w = _flat(matvec(start))
     for j in range(num_matvecs):
